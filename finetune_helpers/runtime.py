@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ QUIET_ENV = {
     "GLOG_minloglevel": "2",       # paddle's C++ info logs (pir_interpreter.cc ...)
     "GLOG_v": "0",
     "FLAGS_call_stack_level": "0",
-    "PYTHONWARNINGS": "ignore",    # "No ccache found", distutils replacement warnings
     "HF_HUB_OFFLINE": "1",         # never let a library try a model hub behind our back
     "TOKENIZERS_PARALLELISM": "false",
 }
@@ -44,12 +44,13 @@ class RuntimeReport:
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        parts = [f"threads={self.threads}",
-                 f"MKL_DEBUG_CPU_TYPE={self.mkl_cpu_type or 'unset'}",
-                 "glog quiet", f"seed={self.seed}", f"device={self.device}"]
-        text = "runtime: " + ", ".join(parts)
+        mkl = (f"MKL_DEBUG_CPU_TYPE={self.mkl_cpu_type}" if self.mkl_cpu_type
+               else "MKL native code path")
+        text = (f"runtime: threads={self.threads}, {mkl} ({cpu_vendor() or 'unknown CPU'}), "
+                f"glog quiet, seed={self.seed}, device={self.device}")
         if not self.effective:
-            text += " -- WARNING: paddle was imported before setup(); thread and MKL settings cannot take effect (restart the kernel and call setup() first)"
+            text += (" -- WARNING: paddle was imported before setup(), so the thread and MKL "
+                     "settings cannot take effect: restart the kernel and call setup() first")
         return text
 
 
@@ -91,6 +92,31 @@ def environment(threads: int | None = None) -> dict[str, str]:
     return env
 
 
+# Paddle prints this to stderr at import whenever OMP_NUM_THREADS > 1. It is meant for
+# OpenBLAS builds and data-parallel jobs; the CPU wheel uses MKL, where threads are the point.
+_OMP_WARNING = re.compile(r"WARNING: OMP_NUM_THREADS set to \d+, not 1\..*?\n"
+                          r"PLEASE USE OMP_NUM_THREADS WISELY\.\n", re.S)
+# Noise from libraries paddlenlp imports (messages carry absolute paths, so they would also
+# break nbval's comparison of stored outputs).
+_NOISY_WARNINGS = ("Setuptools is replacing distutils", "No ccache found")
+
+
+def _import_paddle_quietly() -> None:
+    """Import paddle, dropping only its OMP_NUM_THREADS notice; anything else still shows."""
+    import contextlib
+    import io
+    import warnings
+
+    for message in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        import paddle  # noqa: F401  (loads MKL now, with the settings above)
+    rest = _OMP_WARNING.sub("", captured.getvalue())
+    if rest:
+        sys.stderr.write(rest)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, numpy and (if imported) paddle."""
     random.seed(seed)
@@ -117,10 +143,7 @@ def setup(seed: int | None = 0, threads: int | None = None, *, verbose: bool = T
         os.environ.setdefault(key, value)
     notes = []
     if import_paddle and not already:
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import paddle  # noqa: F401  (loads MKL now, with the settings above)
+        _import_paddle_quietly()
     device = "cpu"
     if "paddle" in sys.modules:
         import paddle

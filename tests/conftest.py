@@ -1,0 +1,21 @@
+"""Test session set-up: runtime settings before paddle loads, and the network guard.
+
+Environment set here is inherited by the notebook kernels that nbval starts, so the notebooks
+run with exactly the settings they were saved with.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from finetune_helpers import netguard, runtime  # noqa: E402
+
+# Kernels started by nbval import tests/netguard/sitecustomize.py, which blocks the network.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT / "tests" / "netguard"), str(ROOT), os.environ.get("PYTHONPATH")) if p)
+os.environ.setdefault(netguard.ENV_VAR, "1")
+netguard.install()
+runtime.setup(seed=0, verbose=False)
