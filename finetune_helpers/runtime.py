@@ -98,7 +98,9 @@ _OMP_WARNING = re.compile(r"WARNING: OMP_NUM_THREADS set to \d+, not 1\..*?\n"
                           r"PLEASE USE OMP_NUM_THREADS WISELY\.\n", re.S)
 # Noise from libraries paddlenlp imports (messages carry absolute paths, so they would also
 # break nbval's comparison of stored outputs).
-_NOISY_WARNINGS = ("Setuptools is replacing distutils", "No ccache found")
+# Paddle's BatchNorm warns on every train-mode call site that it tracks running statistics.
+_NOISY_WARNINGS = ("Setuptools is replacing distutils", "No ccache found",
+                   "When training, we now always track global mean and variance")
 
 
 def _import_paddle_quietly() -> None:

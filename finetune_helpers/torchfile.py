@@ -52,14 +52,22 @@ class TorchFileError(ValueError):
     """The file is not a readable legacy ``torch.save`` state dict (wrong format, truncated)."""
 
 
+class _Sealed:
+    """Base of the records the unpickler creates: pickle's BUILD opcode (``__setstate__``) could
+    otherwise rewrite a record after it was validated (e.g. a negative stride)."""
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"pickle state on {type(self).__name__} is not allowed")
+
+
 @dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Sealed):
     name: str
     dtype: np.dtype
 
 
 @dataclass(frozen=True)
-class _StorageRef:
+class _StorageRef(_Sealed):
     """A storage (or a view into one) named by a persistent id; bytes are read later."""
 
     key: str
@@ -70,7 +78,7 @@ class _StorageRef:
 
 
 @dataclass(frozen=True)
-class _PendingTensor:
+class _PendingTensor(_Sealed):
     storage: _StorageRef
     offset: int
     size: tuple[int, ...]
@@ -128,11 +136,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r} (expected a storage)")
         _, stype, key, _location, numel, view = pid
-        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not _is_int(numel) \
-                or numel < 0:
+        if not isinstance(stype, _StorageType) or stype.name not in STORAGE_DTYPES \
+                or not isinstance(key, str) or not _is_int(numel) or numel < 0:
             raise pickle.UnpicklingError(f"malformed storage id {pid!r}")
-        root = self._storages.setdefault(key, _StorageRef(key, stype.dtype, numel))
-        if (root.dtype, root.numel) != (stype.dtype, numel):
+        dtype = STORAGE_DTYPES[stype.name]
+        root = self._storages.setdefault(key, _StorageRef(key, dtype, numel))
+        if (root.dtype, root.numel) != (dtype, numel):
             raise pickle.UnpicklingError(f"storage {key} is declared twice with different types")
         if view is None:
             return root
@@ -140,7 +149,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and
                 _is_int(view[2]) and 0 <= view[1] and 0 <= view[2] and view[1] + view[2] <= numel):
             raise pickle.UnpicklingError(f"malformed storage view {view!r} of storage {key}")
-        return _StorageRef(key, stype.dtype, numel, view[1], view[2])
+        return _StorageRef(key, dtype, numel, view[1], view[2])
 
 
 def _load_pickle(f, storages: dict[str, _StorageRef], path: Path, what: str):
@@ -148,7 +157,7 @@ def _load_pickle(f, storages: dict[str, _StorageRef], path: Path, what: str):
         return _RestrictedUnpickler(f, storages).load()
     except ForbiddenGlobalError:
         raise
-    except (EOFError, ValueError, pickle.UnpicklingError) as err:  # cut-off or malformed opcodes
+    except Exception as err:  # cut-off data, malformed opcodes, state our records refuse
         raise TorchFileError(f"{path}: truncated or corrupt while reading the {what} ({err}); "
                              "re-download or reinstall the file") from err
 
@@ -182,7 +191,8 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         head = f.read(4)
         if head == _ZIP_MAGIC:
             raise TorchFileError(
-                f"{path} is a zip-format torch file (torch.save in PyTorch >= 1.6, or TorchScript); "
+                f"{path} is a zip-format torch file (torch.save in PyTorch >= 1.6, or "
+                "TorchScript); "
                 "this reader handles only the legacy format. Convert it once where torch is "
                 "installed: torch.save(torch.load(p), out, _use_new_zipfile_serialization=False), "
                 "or export it to safetensors and read that with the `safetensors` package.")

@@ -115,11 +115,13 @@ class _Storage:
 
 
 class _Tensor:
-    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
+    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple,
+                 state: dict | None = None):
         self.args = (storage, offset, size, stride, False, collections.OrderedDict())
+        self.state = state  # pickled as a BUILD opcode applied to the rebuilt tensor
 
     def __reduce__(self):
-        return (sys.modules["torch._utils"]._rebuild_tensor_v2, self.args)
+        return (sys.modules["torch._utils"]._rebuild_tensor_v2, self.args, self.state)
 
 
 @pytest.fixture
@@ -169,7 +171,8 @@ def test_strides_offsets_and_dtypes(tmp_path, fake_torch):
         "scalar": _Tensor(floats, 11, (), ()),
         "empty": _Tensor(floats, 0, (0, 4), (4, 1)),
     }
-    samples = {"HalfStorage": np.array([1.5, -2.25], "<f2"), "DoubleStorage": np.array([1e300], "<f8"),
+    samples = {"HalfStorage": np.array([1.5, -2.25], "<f2"),
+               "DoubleStorage": np.array([1e300], "<f8"),
                "LongStorage": np.array([-(2 ** 40), 7], "<i8"), "IntStorage": np.array([-3], "<i4"),
                "ByteStorage": np.array([0, 255], "u1"), "BoolStorage": np.array([True, False])}
     for i, (name, values) in enumerate(samples.items()):
@@ -194,6 +197,11 @@ def test_out_of_bounds_geometry_is_refused(tmp_path, fake_torch):
     path = tmp_path / "t.pth"
     _write_legacy(path, {"bad": _Tensor(floats, 0, (4,), (5,))})  # reads index 15 of 12
     with pytest.raises(torchfile.TorchFileError, match="reaches past its storage"):
+        torchfile.load_legacy_state_dict(path)
+    # Validated geometry cannot be rewritten afterwards by pickle state (a negative stride would
+    # make as_strided read memory before the buffer).
+    _write_legacy(path, {"bad": _Tensor(floats, 0, (3,), (1,), state={"stride": (-4,)})})
+    with pytest.raises(torchfile.TorchFileError, match="pickle state on _PendingTensor"):
         torchfile.load_legacy_state_dict(path)
 
 
@@ -260,7 +268,8 @@ def _np_forward(sd: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """EfficientNet-Lite0 logits in float64 numpy straight from the PyTorch tensor names."""
     def bn(h, p):
         scale = sd[p + ".weight"] / np.sqrt(sd[p + ".running_var"] + 1e-3)
-        return h * scale[:, None, None] + (sd[p + ".bias"] - sd[p + ".running_mean"] * scale)[:, None, None]
+        shift = sd[p + ".bias"] - sd[p + ".running_mean"] * scale
+        return h * scale[:, None, None] + shift[:, None, None]
 
     relu6 = lambda h: np.clip(h, 0, 6)  # noqa: E731
     h = relu6(bn(_np_conv(x, sd["_conv_stem.weight"], 2, False), "_bn0"))
@@ -289,7 +298,7 @@ def test_matches_an_independent_numpy_forward(model, torch_state, photos):
         with paddle.no_grad():
             got = model(paddle.to_tensor(x[None]))[0].numpy()
         want = _np_forward(sd, x.astype(np.float64))
-        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
         assert got.argmax() == want.argmax()
 
 

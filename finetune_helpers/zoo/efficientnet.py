@@ -65,7 +65,7 @@ _OFFLINE_HINT = ("Online alternative: finetune_helpers.zoo.load_model(\"mobilene
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2D:
     # padding="SAME" is TensorFlow's rule: pad total max((ceil(n/s)-1)*s + k - n, 0), the
     # smaller half before. The pretrained weights expect exactly that.
-    return nn.Conv2D(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups,
+    return nn.Conv2D(cin, cout, kernel, stride=stride, padding="SAME", groups=groups,
                      bias_attr=False)
 
 
@@ -252,9 +252,11 @@ def load_efficientnet_lite0(num_classes: int | None = None) -> EfficientNetLite0
     if num_classes is not None:  # keep the freshly initialised head
         state.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
     missing = sorted(set(model.state_dict()) - set(state))
-    if missing or set(state) - set(model.state_dict()):
-        raise ValueError(f"cached weights do not match the model (missing {missing[:5]}); "
-                         "delete the cache entry efficientnet_lite0-* to rebuild it")
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"cached weights do not match the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}); bump CONVERTER_VERSION or delete the "
+                         "cache entry efficientnet_lite0-* to rebuild it")
     model.set_state_dict(state)
     model.eval()
     return model

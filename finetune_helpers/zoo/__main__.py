@@ -1,0 +1,129 @@
+"""``python -m finetune_helpers.zoo verify``: load every offline model and check it against its source.
+
+One line per check, then ``verified: N/N``; exits non-zero if any check fails. ``--cold`` first
+points the cache at an empty temporary folder, so the printed load times are cold conversions.
+Budgets (printed, not enforced): cold conversion of all three models under 2 minutes on 2 cores;
+warm load under 10 s each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from typing import Callable
+
+COLD_BUDGET_S = 120.0
+WARM_BUDGET_S = 10.0
+
+
+def _checks() -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
+    import numpy as np
+
+    from . import efficientnet, minilm, smollm2
+    from ..data import sample_photos
+
+    state: dict = {}
+
+    def timed_load(key: str, fn: Callable[[], object]) -> tuple[bool, str]:
+        start = time.perf_counter()
+        state[key] = fn()
+        seconds = time.perf_counter() - start
+        state.setdefault("load_seconds", {})[key] = seconds
+        return True, f"loaded in {seconds:.1f} s"
+
+    def efficientnet_top1() -> tuple[bool, str]:
+        photos = sample_photos()
+        preds = efficientnet.predict_topk(state["efficientnet_lite0"],
+                                          [photos["china"], photos["flower"]], k=1)
+        (china, p1), (flower, p2) = preds[0][0], preds[1][0]
+        ok = china == "palace" and flower == "daisy"
+        return ok, f"china.jpg -> {china} ({p1:.2f}), flower.jpg -> {flower} ({p2:.2f}); expected palace, daisy"
+
+    def minilm_matches_numpy() -> tuple[bool, str]:
+        import paddle
+        tok = minilm.load_minilm_tokenizer()
+        texts = ["The river bank was flooded after the storm.",
+                 "She deposited the money at the bank.", "Fine-tuning reuses what was learned."]
+        enc = tok(texts, padding=True, return_attention_mask=True)
+        ids = np.array(enc["input_ids"], dtype="int64")
+        mask = np.array(enc["attention_mask"], dtype="int64")
+        with paddle.no_grad():
+            out = state["minilm_l6"](paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask))
+        ours = (out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state).numpy()
+        ref = minilm.numpy_forward(ids, mask)
+        diff = float(np.abs(ours - ref)[mask.astype(bool)].max())
+        return diff < 1e-4, f"hidden states vs numpy forward from safetensors: max abs diff {diff:.1e} (< 1e-4)"
+
+    def smollm2_paris() -> tuple[bool, str]:
+        tok = smollm2.load_smollm2_tokenizer()
+        state["smollm2_tok"] = tok
+        answer = smollm2.generate_greedy(state["smollm2_135m"], tok,
+                                         "What is the capital of France?", max_new_tokens=12)
+        return "Paris" in answer, f"greedy answer: {answer.strip()!r} (must contain 'Paris')"
+
+    def smollm2_perplexity() -> tuple[bool, str]:
+        text = "The children walked to school in the morning and played in the park after lunch."
+        ppl = smollm2.perplexity(state["smollm2_135m"], state["smollm2_tok"], text)
+        return 10 <= ppl <= 60, f"perplexity of a plain English sentence: {ppl:.1f} (10..60)"
+
+    return [
+        ("efficientnet_lite0 load", lambda: timed_load("efficientnet_lite0", efficientnet.load_efficientnet_lite0)),
+        ("efficientnet_lite0 ImageNet top-1", efficientnet_top1),
+        ("minilm_l6 load", lambda: timed_load("minilm_l6", minilm.load_minilm)),
+        ("minilm_l6 numerics", minilm_matches_numpy),
+        ("smollm2_135m load", lambda: timed_load("smollm2_135m", smollm2.load_smollm2)),
+        ("smollm2_135m greedy answer", smollm2_paris),
+        ("smollm2_135m perplexity", smollm2_perplexity),
+    ], state
+
+
+def verify(cold: bool = False) -> int:
+    """Run every check, print one line each and the summary; return the process exit code."""
+    if cold:
+        tmp = tempfile.mkdtemp(prefix="finetune_helpers_cold_")
+        os.environ["FINETUNE_HELPERS_CACHE"] = tmp
+        print(f"cold run: empty cache at {tmp}")
+    from .. import runtime
+    runtime.setup(seed=0)
+    checks, state = _checks()
+    passed = 0
+    for name, check in checks:
+        try:
+            ok, detail = check()
+        except Exception as exc:  # a failing check is reported, the others still run
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+            traceback.print_exc(file=sys.stderr)
+        passed += ok
+        print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+    loads = state.get("load_seconds", {})
+    if loads:
+        budget = COLD_BUDGET_S if cold else WARM_BUDGET_S
+        total = sum(loads.values())
+        kind = "cold conversion, all models" if cold else "warm load, slowest model"
+        value = total if cold else max(loads.values())
+        print(f"budget: {kind} {value:.1f} s (budget {budget:.0f} s) "
+              f"{'within budget' if value <= budget else 'OVER BUDGET'}")
+    print(f"verified: {passed}/{len(checks)}")
+    return 0 if passed == len(checks) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune_helpers.zoo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="load every offline model and check it")
+    v.add_argument("--cold", action="store_true", help="convert into an empty temporary cache first")
+    sub.add_parser("list", help="list the model names load_model accepts")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        from . import known_models
+        print(known_models())
+        return 0
+    return verify(cold=args.cold)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
