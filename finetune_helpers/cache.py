@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 ENV_VAR = "FINETUNE_HELPERS_CACHE"
 MANIFEST = "MANIFEST.json"
+_log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -67,19 +69,23 @@ def check_entry(entry: Path, key: dict[str, Any]) -> str | None:
 
 
 def cached_build(name: str, key: dict[str, Any], build: Callable[[Path], None],
-                 *, root: Path | None = None, verbose: bool = True) -> Path:
+                 *, root: Path | None = None, verbose: bool = False) -> Path:
     """Return the folder of cache entry ``name``, building it with ``build(tmpdir)`` if needed.
 
     ``build`` writes its files into the folder it is given; this function writes the manifest
-    and moves the folder into place atomically. A stale or corrupt entry is replaced.
+    and moves the folder into place atomically. A stale or corrupt entry is replaced. A build
+    is logged (``logging``, INFO) rather than printed, so a notebook's output does not depend on
+    whether the cache was warm; ``verbose=True`` prints it too.
     """
     root = Path(root) if root is not None else cache_dir()
     entry = root / name
     reason = check_entry(entry, key) if entry.exists() else "not built yet"
     if reason is None:
         return entry
+    message = f"building cache entry {name} ({reason}) in {root}"
+    _log.info(message)
     if verbose:
-        print(f"[cache] building {name} ({reason}) in {root}", flush=True)
+        print(f"[cache] {message}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:

@@ -73,7 +73,8 @@ def _layer_list(layer: nn.Layer) -> list[nn.Layer] | None:
 
 
 def _is_efficientnet(m: nn.Layer) -> bool:
-    return all(isinstance(getattr(m, a, None), nn.Layer) for a in ("stem", "stages", "head", "fc")) \
+    parts = ("stem", "stages", "head", "fc")
+    return all(isinstance(getattr(m, a, None), nn.Layer) for a in parts) \
         and isinstance(m.stages, nn.LayerList)
 
 
@@ -102,10 +103,11 @@ def _is_llama_like(m: nn.Layer) -> bool:
 def _backbone_blocks(m: nn.Layer, prefix: str) -> list[Block] | None:
     """Blocks of a Transformer base model (BERT-like or Llama-like), or None if not one."""
     if _is_bert_like(m):
-        enc_name = "encoder.layers" if isinstance(getattr(m.encoder, "layers", None), nn.LayerList) \
-            else "encoder"
+        stacked = isinstance(getattr(m.encoder, "layers", None), nn.LayerList)
+        enc_name = "encoder.layers" if stacked else "encoder"
         out = [(prefix + "embeddings", m.embeddings)]
-        out += [(f"{prefix}{enc_name}.{i}", layer) for i, layer in enumerate(_layer_list(m.encoder))]
+        out += [(f"{prefix}{enc_name}.{i}", layer)
+                for i, layer in enumerate(_layer_list(m.encoder))]
         pooler = getattr(m, "pooler", None)
         if isinstance(pooler, nn.Layer) and _has_params(pooler):
             out.append((prefix + "pooler", pooler))
@@ -133,7 +135,7 @@ def _known_blocks(m: nn.Layer) -> list[Block] | None:
             out.append(("fc", m.fc))
         return out
     if _is_mobilenet_v2(m):
-        out = [(f"features.{i}", layer) for i, layer in enumerate(m.features)]
+        out = [(f"features.{i}", layer) for i, layer in enumerate(m.features) if _has_params(layer)]
         if _has_params(m.classifier):
             out.append(("classifier", m.classifier))
         return out

@@ -87,6 +87,8 @@ def verify(cold: bool = False) -> int:
         tmp = tempfile.mkdtemp(prefix="finetune_helpers_cold_")
         os.environ["FINETUNE_HELPERS_CACHE"] = tmp
         print(f"cold run: empty cache at {tmp}")
+    import logging
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     from .. import runtime
     runtime.setup(seed=0)
     checks, state = _checks()

@@ -228,7 +228,7 @@ def weights_path() -> Path:
     return _package_file(WEIGHTS_PACKAGE, WEIGHTS_PIN, "/" + WEIGHTS_FILE)
 
 
-def converted_weights_path(*, verbose: bool = True) -> Path:
+def converted_weights_path(*, verbose: bool = False) -> Path:
     """The converted Paddle ``model.pdparams`` in the cache, converting on first use."""
     source = weights_path()
     key = {"converter": CONVERTER_VERSION, "source": WEIGHTS_FILE,

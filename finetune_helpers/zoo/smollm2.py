@@ -196,7 +196,7 @@ def _build(folder: Path) -> None:
     _tokenizer_files(reader, folder)
 
 
-def smollm2_dir(verbose: bool = True) -> Path:
+def smollm2_dir(verbose: bool = False) -> Path:
     """The cache folder with the converted model and tokenizer, converting on first use."""
     src = gguf_path()
     key = {"converter": CONVERTER_VERSION, "source": f"{PIN}/{src.name}",
@@ -208,7 +208,7 @@ def smollm2_dir(verbose: bool = True) -> Path:
 # Loading
 
 
-def load_smollm2(verbose: bool = True) -> "LlamaForCausalLM":
+def load_smollm2(verbose: bool = False) -> "LlamaForCausalLM":
     """SmolLM2-135M-Instruct as a PaddleNLP ``LlamaForCausalLM``: pretrained, float32, eval mode.
 
     Called with ``labels``, it returns ``(loss, logits)`` (or an object with ``return_dict=True``);
@@ -305,7 +305,7 @@ class SmolLM2Tokenizer:
         return getattr(self.backend, name)
 
 
-def load_smollm2_tokenizer(verbose: bool = True) -> SmolLM2Tokenizer:
+def load_smollm2_tokenizer(verbose: bool = False) -> SmolLM2Tokenizer:
     """The SmolLM2 tokenizer (byte-level BPE, 49,152 tokens, chat template), from the cache."""
     from paddlenlp.transformers import PretrainedTokenizerFast
 

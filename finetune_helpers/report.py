@@ -1,0 +1,194 @@
+"""The standard row every chapter prints: what a strategy trained, what it cost, what it reached.
+
+A row has two kinds of columns:
+
+* **stable**: strategy, trainable and total parameters (and the trainable percentage), the final
+  metric (accuracy in % or perplexity, rounded to 2 decimals) and the budget. On one machine
+  these repeat exactly (seeded training), so nbval can check them;
+* **measured**: seconds per epoch and peak memory (process RSS, and GPU memory on a GPU). They
+  change from run to run and machine to machine, so nbval must not compare them.
+
+:func:`report` therefore prints only the stable part, and a notebook shows the measured part in
+its own cell marked ``# NBVAL_IGNORE_OUTPUT``::
+
+    row = report("head only", model, history, budget="512 examples x 3 epochs")
+    # head only | trainable 5,130 of 11,181,642 (0.0459%) | accuracy 81.25% | 512 examples x 3 epochs
+
+    # NBVAL_IGNORE_OUTPUT
+    row.show("measured")
+    # head only | 3.4 s/epoch | peak memory 812.3 MiB
+
+A :class:`ReportTable` collects rows; ``frame()`` / ``markdown()`` render them (with
+``stable=True`` for a checked cell) and ``save_json`` / ``load_json`` let Part III gather the
+rows written by the chapters.
+
+Parameters are counted by :func:`finetune_helpers.strategies.count_parameters`: trainable =
+learnable parameters with ``stop_gradient=False``; total = learnable parameters, i.e. without
+the BatchNorm running statistics that Paddle stores as (never trained) parameters, so ResNet-18
+gives the usual 11,689,512, not Paddle's 11,699,112. Tied parameters count once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import paddle
+
+from finetune_helpers.strategies import count_parameters  # the one parameter count of the book
+
+STABLE_KEYS = ("strategy", "trainable_params", "total_params", "trainable_pct", "metric_name",
+               "metric", "budget")
+MEASURED_KEYS = ("seconds_per_epoch", "peak_memory_mib", "peak_gpu_mib")
+_JSON_VERSION = 1
+# metric name -> (key in History.epochs records, factor applied for display)
+_METRICS = {"accuracy": ("eval_accuracy", 100.0), "perplexity": ("eval_perplexity", 1.0),
+            "loss": ("eval_loss", 1.0), "train_loss": ("train_loss", 1.0)}
+
+
+class ReportRow(dict):
+    """One row: a plain dict (JSON-ready) that can print its stable and measured parts."""
+
+    def stable(self) -> dict[str, Any]:
+        """The columns that repeat between runs (nbval may compare them)."""
+        return {k: self.get(k) for k in STABLE_KEYS}
+
+    def measured(self) -> dict[str, Any]:
+        """Timing and memory: they vary between runs; show them under NBVAL_IGNORE_OUTPUT."""
+        return {k: self.get(k) for k in MEASURED_KEYS}
+
+    def line(self, part: str = "stable") -> str:
+        """One human line: ``part`` is ``"stable"``, ``"measured"`` or ``"all"``."""
+        if part not in ("stable", "measured", "all"):
+            raise ValueError(f"part must be 'stable', 'measured' or 'all', got {part!r}")
+        fields = [str(self["strategy"])]
+        if part in ("stable", "all"):
+            fields.append(f"trainable {self['trainable_params']:,} of {self['total_params']:,} "
+                          f"({_pct(self['trainable_pct'])})")
+            fields.append(_metric_text(self["metric_name"], self["metric"]))
+            fields.append(str(self["budget"]))
+        if part in ("measured", "all"):
+            fields.append(f"{self['seconds_per_epoch']:.1f} s/epoch")
+            fields.append(f"peak memory {self['peak_memory_mib']:.1f} MiB")
+            if self.get("peak_gpu_mib") is not None:
+                fields.append(f"GPU {self['peak_gpu_mib']:.1f} MiB")
+        return " | ".join(fields)
+
+    def show(self, part: str = "stable") -> None:
+        """Print :meth:`line`."""
+        print(self.line(part))
+
+
+def _pct(value: float) -> str:
+    return f"{value:.3g}%" if value < 100 else "100%"
+
+
+def _metric_text(name: str, value: float | None) -> str:
+    if value is None:
+        return f"{name} n/a"
+    return f"accuracy {value:.2f}%" if name == "accuracy" else f"{name} {value:.2f}"
+
+
+def report(strategy: str, model: paddle.nn.Layer, history: Any, *, budget: str,
+           metric_name: str | None = None, show: str | None = "stable") -> ReportRow:
+    """Build, print (``show``: ``"stable"``, ``"measured"``, ``"all"`` or ``None``) and return a row.
+
+    ``history`` is :class:`finetune_helpers.train.History`. ``metric_name`` is one of
+    ``accuracy`` (eval accuracy, in %), ``perplexity``, ``loss`` (eval loss) or ``train_loss``;
+    the default is the history's eval metric, else ``train_loss``. The metric is the final
+    epoch's. ``budget`` says how much data and training was spent, e.g.
+    ``"512 examples x 3 epochs"``.
+    """
+    if not history.epochs:
+        raise ValueError("the history is empty: report after fit() has run at least one epoch")
+    name = metric_name or history.metric_name or "train_loss"
+    if name not in _METRICS:
+        raise ValueError(f"metric_name must be one of {sorted(_METRICS)}, got {name!r}")
+    key, factor = _METRICS[name]
+    last = history.last()
+    if key not in last:
+        raise ValueError(f"the history has no {key!r} (recorded: {sorted(last)}); pass "
+                         "eval_loader= to fit() or choose metric_name='train_loss'")
+    trainable, total = count_parameters(model)
+    row = ReportRow(
+        strategy=strategy,
+        trainable_params=trainable,
+        total_params=total,
+        trainable_pct=100.0 * trainable / total if total else 0.0,
+        metric_name=name,
+        metric=round(float(last[key]) * factor, 2),
+        budget=budget,
+        seconds_per_epoch=round(history.seconds_per_epoch, 1),
+        peak_memory_mib=history.peak_rss_mib,
+        peak_gpu_mib=history.peak_gpu_mib,
+    )
+    if show is not None:
+        row.show(show)
+    return row
+
+
+class ReportTable:
+    """Rows from several strategies (or chapters), rendered and saved together."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = ()) -> None:
+        self.rows: list[ReportRow] = [ReportRow(r) for r in rows]
+
+    def add(self, row: dict[str, Any]) -> ReportRow:
+        """Append a row (as returned by :func:`report`) and return it."""
+        missing = [k for k in STABLE_KEYS + MEASURED_KEYS if k not in row]
+        if missing:
+            raise ValueError(f"not a report row, missing {missing}; use the dict report() returns")
+        self.rows.append(ReportRow(row))
+        return self.rows[-1]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _keys(self, stable: bool) -> tuple[str, ...]:
+        return STABLE_KEYS if stable else STABLE_KEYS + MEASURED_KEYS
+
+    def frame(self, stable: bool = False):
+        """A pandas DataFrame, one row per strategy (``stable=True``: no timing/memory)."""
+        import pandas as pd
+        return pd.DataFrame([{k: r.get(k) for k in self._keys(stable)} for r in self.rows])
+
+    def markdown(self, stable: bool = False) -> str:
+        """A GitHub-style markdown table (written here: pandas needs ``tabulate`` for this)."""
+        head = ["strategy", "trainable", "total", "trainable %", "metric", "budget"]
+        if not stable:
+            head += ["s/epoch", "peak MiB"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [str(r["strategy"]), f"{r['trainable_params']:,}", f"{r['total_params']:,}",
+                     _pct(r["trainable_pct"]), _metric_text(r["metric_name"], r["metric"]),
+                     str(r["budget"])]
+            if not stable:
+                cells += [f"{r['seconds_per_epoch']:.1f}", f"{r['peak_memory_mib']:.1f}"]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        return "\n".join(lines)
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        """Write the rows to ``path`` atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": _JSON_VERSION, "rows": self.rows}, f, indent=1)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> "ReportTable":
+        """Read rows written by :meth:`save_json`."""
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or data.get("version") != _JSON_VERSION:
+            raise ValueError(f"{path} is not a report table of version {_JSON_VERSION}; "
+                             "re-run the chapter that wrote it")
+        return cls(data["rows"])
