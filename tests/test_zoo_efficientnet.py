@@ -5,7 +5,9 @@ predictions on scikit-learn's two photos, and the converted-weights cache."""
 from __future__ import annotations
 
 import collections
+import importlib
 import importlib.metadata
+import logging
 import io
 import os
 import pickle
@@ -380,19 +382,21 @@ def test_forward_stages_shapes(model):
 # ---------------------------------------------------------------------------------------------
 # Cache and missing packages
 
-def test_cache_is_reused_and_corruption_rebuilt(tmp_path, monkeypatch, capsys, model):
+def test_cache_is_reused_and_corruption_rebuilt(tmp_path, monkeypatch, caplog, model):
+    caplog.set_level(logging.INFO, logger="finetune_helpers.cache")
     monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
     first = effnet.converted_weights_path()
-    assert "[cache] building efficientnet_lite0-" in capsys.readouterr().out
+    assert "building cache entry efficientnet_lite0-" in caplog.text
+    caplog.clear()
     stamp = (first.stat().st_mtime_ns, (first.parent / cache.MANIFEST).stat().st_mtime_ns)
     assert effnet.converted_weights_path() == first
-    assert capsys.readouterr().out == ""
+    assert caplog.text == ""
     assert (first.stat().st_mtime_ns, (first.parent / cache.MANIFEST).stat().st_mtime_ns) == stamp
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside a weight: the pickle still loads, the values are wrong
     first.write_bytes(bytes(data))
     reloaded = effnet.load_efficientnet_lite0()
-    assert "does not match its checksum" in capsys.readouterr().out
+    assert "does not match its checksum" in caplog.text
     for (name, a), b in zip(reloaded.state_dict().items(), model.state_dict().values()):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
 

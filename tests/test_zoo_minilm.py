@@ -1,5 +1,6 @@
 """The offline MiniLM encoder: PaddleNLP conversion checked against an independent numpy pass."""
 
+import logging
 import sys
 
 import numpy as np
@@ -115,10 +116,13 @@ def test_attentions(encoder, tokenizer):
     np.testing.assert_allclose(att[0], probs, atol=1e-5)
 
 
-def test_cache_built_once_and_not_touched_by_loads(tmp_path, monkeypatch, capsys):
+def test_cache_built_once_and_not_touched_by_loads(tmp_path, monkeypatch, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="finetune_helpers.cache")
     monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
     folder = minilm.model_dir()
-    assert "[cache] building" in capsys.readouterr().out
+    assert "building cache entry" in caplog.text
+    caplog.clear()
+    capsys.readouterr()
     files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     # Only the converted weights: with model.safetensors beside them PaddleNLP converts again.
     assert set(files) == {"MANIFEST.json", "config.json", "model_state.pdparams",
@@ -127,7 +131,7 @@ def test_cache_built_once_and_not_touched_by_loads(tmp_path, monkeypatch, capsys
     model = minilm.load_minilm(num_classes=2)
     minilm.load_minilm_tokenizer()
     out = capsys.readouterr().out
-    assert "building" not in out and "convert" not in out
+    assert "building" not in caplog.text and "convert" not in out and out == ""
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == files
     assert cache.check_entry(folder, _manifest_key(folder)) is None  # contents still verify
     assert model.classifier.weight.shape == [384, 2]

