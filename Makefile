@@ -23,7 +23,8 @@ endif
 	$(VENV)/bin/jupyter-book build $(JB_FLAGS) .
 	@echo "Book built: open _build/html/index.html"
 
-test: env apt-test
+# The browser tests open the built book, so the book is built first.
+test: book apt-test
 	$(PY) -m pytest tests $$($(PY) scripts/toc_notebooks.py) $(NBVAL_FLAGS) $(PYTEST_ARGS)
 
 # Re-execute the notebooks in the test environment and store their outputs (what nbval compares).
@@ -43,6 +44,7 @@ apt-book:
 	@bash scripts/apt_deps.sh requirements/apt.txt
 
 apt-test: apt-book
+	@bash scripts/apt_deps.sh requirements/apt-test.txt
 
 widgets:
 	@bash scripts/fetch_widgets_js.sh

@@ -68,6 +68,28 @@ def check_entry(entry: Path, key: dict[str, Any]) -> str | None:
     return None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(root: Path, name: str) -> None:
+    """Delete temporary folders left by builds of ``name`` whose process no longer runs
+    (a build killed midway); a build still running in another process is left alone."""
+    for tmp in root.glob(f".{name}.tmp-*"):
+        try:
+            pid = int(tmp.name[len(f".{name}.tmp-"):].split("-", 1)[0])
+        except ValueError:
+            pid = -1
+        if pid <= 0 or not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def cached_build(name: str, key: dict[str, Any], build: Callable[[Path], None],
                  *, root: Path | None = None, verbose: bool = False) -> Path:
     """Return the folder of cache entry ``name``, building it with ``build(tmpdir)`` if needed.
@@ -87,7 +109,8 @@ def cached_build(name: str, key: dict[str, Any], build: Callable[[Path], None],
     if verbose:
         print(f"[cache] {message}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    _remove_stale_temporaries(root, name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=root))
     try:
         start = time.perf_counter()
         build(tmp)

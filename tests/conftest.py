@@ -19,3 +19,4 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault(netguard.ENV_VAR, "1")
 netguard.install()
 runtime.setup(seed=0, verbose=False)
+

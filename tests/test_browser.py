@@ -1,0 +1,91 @@
+"""The built book, opened in headless Chromium: every page renders, offline.
+
+Runs after `make book` (the test command builds the book first). For every page in _toc.yml:
+no stored error output, every image loaded, every widget rendered as live controls that work
+without a kernel, and no request leaving the machine. A screenshot of each page is saved under
+_build/screenshots/.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+sys.path.insert(0, str(ROOT / "scripts"))
+from toc_notebooks import toc_files  # noqa: E402
+
+PAGES = [p.relative_to(ROOT).with_suffix(".html") for p in toc_files()]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (HTML / "index.html").exists():
+        pytest.fail("the book is not built: run `make book` (make test does it first)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install -y chromium (make test installs it)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.mark.parametrize("page_path", PAGES, ids=lambda p: p.stem)
+def test_page_renders_offline(browser, page_path):
+    external: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 1600})
+
+    def route(route):
+        scheme = urlparse(route.request.url).scheme
+        if scheme in ("file", "data", "blob", "about"):
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.goto((HTML / page_path).as_uri(), wait_until="load")
+    page.wait_for_timeout(500)
+
+    assert external == [], f"{page_path}: requests left the machine: {external}"
+    assert page.locator(".traceback, .output.error").count() == 0, f"{page_path}: stored error output"
+    assert "Traceback (most recent call last)" not in page.inner_text("main")
+
+    images = page.eval_on_selector_all(
+        "main img", "imgs => imgs.map(i => [i.currentSrc || i.src, i.complete && i.naturalWidth])")
+    broken = [src for src, width in images if not width]
+    assert not broken, f"{page_path}: images that did not load: {broken}"
+
+    has_widgets = page.locator('script[type="application/vnd.jupyter.widget-state+json"]').count()
+    if has_widgets:
+        page.wait_for_selector(".jupyter-widgets", timeout=15000)
+        selects = page.locator(".widget-dropdown select")
+        assert selects.count() > 0, f"{page_path}: widget state stored but no live controls"
+        _check_dropdown_switches_view(page, selects.first, page_path)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{page_path.stem}.png"), full_page=True)
+    context.close()
+
+
+def _check_dropdown_switches_view(page, select, page_path):
+    """Choosing another option shows another picture, with no kernel (client-side link)."""
+    options = select.locator("option")
+    if options.count() < 2:
+        return
+    stack = select.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]")
+    before = stack.evaluate("e => [...e.querySelectorAll('img')].filter(i => i.offsetParent).map(i => i.src)")
+    select.select_option(index=1)
+    page.wait_for_timeout(300)
+    after = stack.evaluate("e => [...e.querySelectorAll('img')].filter(i => i.offsetParent).map(i => i.src)")
+    assert before != after, f"{page_path}: the dropdown did not switch the view"
