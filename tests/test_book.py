@@ -34,3 +34,20 @@ def test_notebook_has_stored_outputs_and_no_errors(path):
     assert counts == sorted(counts), f"{path.name}: cells were not run top to bottom"
     assert "runtime.setup(" in code_cells[0].source, (
         f"{path.name}: the first code cell must call runtime.setup() before paddle is imported")
+
+
+# nbval markers that weaken the comparison; each use must say why, on the next line.
+_WEAKENING = ("NBVAL_IGNORE_OUTPUT", "NBVAL_SKIP")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_ignored_cell_says_why(path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        lines = [line.strip() for line in cell.source.splitlines()]
+        for j, line in enumerate(lines):
+            if line.lstrip("#").strip() in _WEAKENING:
+                reason = lines[j + 1] if j + 1 < len(lines) else ""
+                assert reason.startswith("# Why ignored:") and len(reason) > 20, (
+                    f"{path.name}: code cell {i} uses {line} without a '# Why ignored: ...' "
+                    "line after it")
