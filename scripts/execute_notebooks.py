@@ -34,6 +34,7 @@ def execute(path: Path, timeout: int = 1200) -> float:
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         nbformat.write(nb, f)
+    os.chmod(tmp, path.stat().st_mode & 0o777 | 0o644)  # mkstemp makes it private (0600)
     os.replace(tmp, path)
     return seconds
 
