@@ -27,6 +27,13 @@ timings and depends only on the number of steps, so it is the same on every run.
 change widget state, not the stored output. Without ipywidgets the bar would be stderr text full
 of timings; the book's environment pins ipywidgets. Notebooks must be executed and checked with
 the same value of ``FINETUNE_HELPERS_PROGRESS`` (with the bar off there is no such output).
+
+Data parallel: started by ``python -m paddle.distributed.launch --nproc_per_node N script.py``,
+``fit`` and ``evaluate`` need no change in the script. ``fit`` wraps the model in
+``paddle.DataParallel``, gives each process its share of every batch (the loader's batch size is
+the global batch), keeps the gradient synchronisation in step with freezing and unfreezing, and
+records metrics over all processes; the progress bar shows on rank 0 only. See
+:mod:`finetune_helpers.distributed`. In a single process none of that code runs.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import paddle
 
+from finetune_helpers import distributed
 from finetune_helpers.runtime import seed_everything
 
 PROGRESS_ENV = "FINETUNE_HELPERS_PROGRESS"
@@ -387,6 +395,10 @@ def fit(model: paddle.nn.Layer, train_loader: Iterable, optimizer: paddle.optimi
     ``on_train_end(model, optimizer, history)``; ``epoch`` counts from 0. ``seed`` re-seeds
     Python, numpy and paddle first and sets a sampler's ``set_epoch(epoch)`` if it has one, so
     shuffling and dropout repeat exactly, even on a loader used before.
+
+    Under ``paddle.distributed.launch`` with several processes (see the module notes) the
+    history holds the metrics of the global batches, the same on every process; ``seconds``
+    and memory are this process's own.
     """
     _check_task(task)
     if scheduler_step not in ("batch", "epoch"):
@@ -399,19 +411,27 @@ def fit(model: paddle.nn.Layer, train_loader: Iterable, optimizer: paddle.optimi
     if seed is not None:
         seed_everything(seed)
 
+    # Data parallel (launched with several processes): the wrapped model and this process's
+    # share of the batches. Callbacks and evaluation keep the caller's model.
+    run = distributed.FitRun(model, train_loader) if distributed.launched() else None
+    net, train_loader = (run.model, run.train_loader) if run is not None else (model, train_loader)
     history = History(task=task, device=paddle.get_device())
     steps = _steps_per_epoch(train_loader, max_steps_per_epoch)
     memory = PeakMemory()
     memory.start()
     _call(callbacks, "on_train_begin", model, optimizer)
+    if run is not None:
+        run.sync()  # the strategy may have changed what trains
     bar = progress_bar(None if steps is None else steps * epochs, f"{desc} 1/{epochs}",
-                       progress_enabled(progress))
+                       progress_enabled(progress) and distributed.is_main_process())
     try:
         for epoch in range(epochs):
             model.train()
             if seed is not None:
                 _set_sampler_epoch(train_loader, epoch)
             _call(callbacks, "on_epoch_begin", epoch, model, optimizer)
+            if run is not None:
+                run.sync()
             if epoch:
                 bar.set_description(f"{desc} {epoch + 1}/{epochs}", refresh=False)
             start = time.perf_counter()
@@ -421,8 +441,11 @@ def fit(model: paddle.nn.Layer, train_loader: Iterable, optimizer: paddle.optimi
                 if max_steps_per_epoch is not None and step >= max_steps_per_epoch:
                     break
                 inputs, labels = split_batch(to_device(batch))
-                loss, _ = _forward_loss(model, inputs, labels, task, loss_fn)
-                loss.backward()
+                loss, _ = _forward_loss(net, inputs, labels, task, loss_fn)
+                if run is None:
+                    loss.backward()
+                else:
+                    run.scaled_loss(loss, labels, _batch_size(inputs, labels), task).backward()
                 optimizer.step()
                 optimizer.clear_grad()
                 if scheduler is not None and scheduler_step == "batch":
@@ -441,6 +464,8 @@ def fit(model: paddle.nn.Layer, train_loader: Iterable, optimizer: paddle.optimi
             step_losses = paddle.stack(losses).reshape([-1]).astype("float64").numpy()  # syncs
             seconds = time.perf_counter() - start
             weights = np.asarray(sizes, dtype=np.float64)
+            if run is not None:  # the losses and sizes of the global batches
+                step_losses, weights = run.epoch_losses(step_losses, sizes)
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "train_loss": float(np.sum(step_losses * weights) / weights.sum()),
@@ -482,14 +507,17 @@ def evaluate(model: Callable, loader: Iterable, task: str = "classification", *,
 
     Classification: ``accuracy`` (fraction) and ``loss`` (mean over examples). LM: ``loss``
     (mean over counted tokens, i.e. labels != -100) and ``perplexity = exp(loss)``. Also
-    ``examples``.
+    ``examples``. Under data parallel each process evaluates its share of every batch and the
+    sums are added over the processes: every process gets the metrics of the whole loader.
     """
     _check_task(task)
     total_loss = paddle.zeros([], dtype="float64")
     correct = paddle.zeros([], dtype="int64")
     count = paddle.zeros([], dtype="float64")  # examples (classification) or tokens (lm)
     examples = 0
-    bar = progress_bar(_steps_per_epoch(loader, None), desc, progress_enabled(progress))
+    loader = distributed.shard_loader(loader, lockstep=False)  # unchanged in one process
+    bar = progress_bar(_steps_per_epoch(loader, None), desc,
+                       progress_enabled(progress) and distributed.is_main_process())
     with eval_mode(model):
         try:
             for batch in loader:
@@ -510,6 +538,11 @@ def evaluate(model: Callable, loader: Iterable, task: str = "classification", *,
                 bar.update(1)
         finally:
             bar.close()
+    if distributed.active():  # each process saw its share: add the sums up
+        distributed.check_same_order(loader)
+        sums = distributed.all_reduce_sum([float(total_loss), int(correct), float(count), examples])
+        total_loss, count = (paddle.to_tensor(v, dtype="float64") for v in (sums[0], sums[2]))
+        correct, examples = paddle.to_tensor(int(sums[1]), dtype="int64"), int(sums[3])
     if examples == 0:
         raise ValueError("the evaluation loader yielded no batch")
     mean_loss = float(total_loss / count.clip(min=1.0))
