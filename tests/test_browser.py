@@ -67,12 +67,18 @@ def test_page_renders_offline(browser, page_path):
     broken = [src for src, width in images if not width]
     assert not broken, f"{page_path}: images that did not load: {broken}"
 
-    has_widgets = page.locator('script[type="application/vnd.jupyter.widget-state+json"]').count()
-    if has_widgets:
+    views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
+    if views:
         page.wait_for_selector(".jupyter-widgets", timeout=15000)
+        page.wait_for_timeout(500)
+        unrendered = page.evaluate(
+            """() => [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')]
+                   .filter(s => !s.parentElement.querySelector('.jupyter-widgets')).length""")
+        assert unrendered == 0, f"{page_path}: {unrendered} of {views} widgets did not render"
         selects = page.locator(".widget-dropdown select")
-        assert selects.count() > 0, f"{page_path}: widget state stored but no live controls"
-        _check_dropdown_switches_view(page, selects.first, page_path)
+        for i in range(selects.count()):  # explorers: each visible dropdown switches its view
+            if selects.nth(i).is_visible():
+                _check_dropdown_switches_view(page, selects.nth(i), page_path)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{page_path.stem}.png"), full_page=True)
     context.close()
