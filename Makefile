@@ -47,7 +47,7 @@ apt-test: apt-book
 	@bash scripts/apt_deps.sh requirements/apt-test.txt
 
 widgets:
-	@bash scripts/fetch_widgets_js.sh
+	@bash scripts/fetch_web_assets.sh
 
 # Optional: JupyterLab to run the notebooks yourself, with this environment as the kernel.
 lab: env

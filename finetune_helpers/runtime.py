@@ -133,13 +133,49 @@ def seed_everything(seed: int) -> None:
         sys.modules["paddle"].seed(seed)
 
 
+# Fonts with Chinese glyphs that matplotlib may fall back to (requirements/apt.txt installs the
+# WenQuanYi one); DejaVu Sans, matplotlib's default, has none.
+CJK_FONTS = ("WenQuanYi Micro Hei", "Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei",
+             "Source Han Sans SC")
+CJK_FONT_FILES = ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+                  "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
+
+
+def configure_matplotlib() -> list[str]:
+    """Let matplotlib draw Chinese text: add installed CJK fonts as fallbacks of ``font.family``.
+
+    Matplotlib (3.6+) falls back glyph by glyph through the families in ``font.family``, so
+    Latin text keeps its usual look (DejaVu Sans) and only Chinese glyphs come from the CJK font. Returns the CJK fonts added (empty when none is installed or no matplotlib).
+    """
+    try:
+        import matplotlib
+        from matplotlib import font_manager
+    except ImportError:
+        return []
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    if not installed.intersection(CJK_FONTS):
+        # matplotlib caches its font list; a font installed after that cache was built is
+        # unknown to it until registered.
+        for path in CJK_FONT_FILES:
+            if os.path.exists(path):
+                font_manager.fontManager.addfont(path)
+        installed = {font.name for font in font_manager.fontManager.ttflist}
+    cjk = [name for name in CJK_FONTS if name in installed]
+    if cjk:
+        # Fallback runs through the families of ``font.family`` (not through the generic
+        # family's list), so the CJK fonts go after the usual family.
+        families = [f for f in matplotlib.rcParams["font.family"] if f not in cjk]
+        matplotlib.rcParams["font.family"] = families + cjk
+    return cjk
+
+
 def setup(seed: int | None = 0, threads: int | None = None, *, verbose: bool = True,
           import_paddle: bool = True) -> RuntimeReport:
     """Configure the process for fast, quiet, reproducible CPU work; call before ``import paddle``.
 
     Sets thread counts to the available cores, ``MKL_DEBUG_CPU_TYPE=5`` on non-Intel CPUs,
-    quiets glog and Python warnings, then imports paddle (unless ``import_paddle=False``) and
-    seeds ``random``, numpy and paddle. Values already in the environment are kept, so a reader
+    quiets glog and Python warnings, then imports paddle (unless ``import_paddle=False``),
+    seeds ``random``, numpy and paddle, and gives matplotlib a fallback font for Chinese. Values already in the environment are kept, so a reader
     can override any of them. Prints one line saying what was set.
     """
     already = "paddle" in sys.modules
@@ -158,6 +194,7 @@ def setup(seed: int | None = 0, threads: int | None = None, *, verbose: bool = T
             paddle.device.set_device("cpu")
     if seed is not None:
         seed_everything(seed)
+    configure_matplotlib()
     report = RuntimeReport(threads=int(os.environ["OMP_NUM_THREADS"]),
                            mkl_cpu_type=os.environ.get("MKL_DEBUG_CPU_TYPE"),
                            seed=seed, device=device, effective=not already, notes=notes)

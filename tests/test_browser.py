@@ -1,7 +1,7 @@
 """The built book, opened in headless Chromium: every page renders, offline.
 
 Runs after `make book` (the test command builds the book first). For every page in _toc.yml:
-no stored error output, every image loaded, every widget rendered as live controls that work
+no stored error output, every image loaded, every formula typeset, every widget rendered as live controls that work
 without a kernel, and no request leaving the machine. A screenshot of each page is saved under
 _build/screenshots/.
 """
@@ -66,6 +66,11 @@ def test_page_renders_offline(browser, page_path):
         "main img", "imgs => imgs.map(i => [i.currentSrc || i.src, i.complete && i.naturalWidth])")
     broken = [src for src, width in images if not width]
     assert not broken, f"{page_path}: images that did not load: {broken}"
+
+    if page.locator("main .math").count():  # `$...$` in a notebook: MathJax, served locally
+        page.wait_for_selector("main mjx-container", timeout=15000)
+        unrendered = page.locator("main .math:not(:has(mjx-container))").count()
+        assert unrendered == 0, f"{page_path}: {unrendered} formulas not typeset by MathJax"
 
     views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
     if views:

@@ -73,3 +73,23 @@ def test_bench_prints_speedup_line():
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("speedup: ") and last.endswith("x")
     assert float(last[len("speedup: "):-1]) > 0
+
+
+def test_matplotlib_draws_chinese_after_setup():
+    # requirements/apt.txt installs a CJK font; after configure_matplotlib() a figure with
+    # Chinese text draws every glyph (matplotlib warns "Glyph ... missing" otherwise).
+    code = ("import warnings\n"
+            "from finetune_helpers import runtime\n"
+            "print(runtime.configure_matplotlib())\n"
+            "import matplotlib; matplotlib.use('Agg')\n"
+            "import matplotlib.pyplot as plt\n"
+            "fig, ax = plt.subplots(); ax.set_title('微调所有层 (fine-tune all layers)')\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    fig.canvas.draw()\n"
+            "print(sum('missing from font' in str(w.message) for w in caught))\n")
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    fonts, missing = out.stdout.strip().splitlines()[-2:]
+    assert fonts != "[]", "no CJK font found: install fonts-wqy-microhei (requirements/apt.txt)"
+    assert missing == "0"
