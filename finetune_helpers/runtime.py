@@ -145,7 +145,8 @@ def configure_matplotlib() -> list[str]:
     """Let matplotlib draw Chinese text: add installed CJK fonts as fallbacks of ``font.family``.
 
     Matplotlib (3.6+) falls back glyph by glyph through the families in ``font.family``, so
-    Latin text keeps its usual look (DejaVu Sans) and only Chinese glyphs come from the CJK font. Returns the CJK fonts added (empty when none is installed or no matplotlib).
+    Latin text keeps its usual look (DejaVu Sans) and only Chinese glyphs come from the CJK
+    font. Returns the CJK fonts added (empty when none is installed or no matplotlib).
     """
     try:
         import matplotlib
@@ -175,8 +176,9 @@ def setup(seed: int | None = 0, threads: int | None = None, *, verbose: bool = T
 
     Sets thread counts to the available cores, ``MKL_DEBUG_CPU_TYPE=5`` on non-Intel CPUs,
     quiets glog and Python warnings, then imports paddle (unless ``import_paddle=False``),
-    seeds ``random``, numpy and paddle, and gives matplotlib a fallback font for Chinese. Values already in the environment are kept, so a reader
-    can override any of them. Prints one line saying what was set.
+    seeds ``random``, numpy and paddle, and gives matplotlib a fallback font for Chinese. Values
+    already in the environment are kept, so a reader can override any of them. Prints one line
+    saying what was set.
     """
     already = "paddle" in sys.modules
     for key, value in environment(threads).items():

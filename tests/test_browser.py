@@ -1,9 +1,9 @@
 """The built book, opened in headless Chromium: every page renders, offline.
 
 Runs after `make book` (the test command builds the book first). For every page in _toc.yml:
-no stored error output, every image loaded, every formula typeset, every widget rendered as live controls that work
-without a kernel, and no request leaving the machine. A screenshot of each page is saved under
-_build/screenshots/.
+no stored error output, every image loaded, every formula typeset, every widget rendered as
+live controls that work without a kernel, and no request leaving the machine. A screenshot of
+each page is saved under _build/screenshots/.
 """
 
 import shutil
