@@ -483,13 +483,15 @@ def launch(script: str | os.PathLike, args: Sequence[str] = (), *, nproc: int = 
     Everything stays on this machine: ``--host 127.0.0.1`` makes the launcher and the workers
     use loopback addresses (by default it resolves the host name, which may give a LAN
     address). ``--max_restart 0``: a failed worker fails the run instead of restarting it.
-    Each worker gets ``threads`` math-library threads (default: the cores divided by
-    ``nproc``), so the processes do not fight over the cores. Logs go to ``log_dir`` (default:
+    Each worker gets ``threads`` math-library threads (default: the threads of one process
+    divided by ``nproc``: 2 in the reproducible arithmetic mode, the available cores in the fast
+    one), so the processes do not fight over the cores, and the workers' ``runtime.setup()``
+    keeps that count. Logs go to ``log_dir`` (default:
     a new temporary folder). Raises ``subprocess.TimeoutExpired`` after stopping the launcher's
     process group if it runs longer than ``timeout`` seconds; call ``.check()`` on the result
     to raise on a failed run.
     """
-    from finetune_helpers.runtime import available_cores, environment
+    from finetune_helpers import runtime
 
     script = Path(script)
     if not script.is_file():
@@ -497,13 +499,20 @@ def launch(script: str | os.PathLike, args: Sequence[str] = (), *, nproc: int = 
                                 "runs a file, not a notebook cell)")
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive int, got {nproc!r}")
-    threads = threads or max(1, available_cores() // nproc)
+    mode = runtime.resolve_mode()
+    one_process = (runtime.REPRODUCIBLE_THREADS if mode == "reproducible"
+                   else runtime.available_cores())
+    threads = threads or max(1, one_process // nproc)
     folder = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="dp_logs_"))
     folder.mkdir(parents=True, exist_ok=True)
     child_env = dict(os.environ)
-    for key, value in environment(threads).items():
-        child_env.setdefault(key, value)
+    for key, value in runtime.environment(threads, mode).items():
+        if mode == "reproducible":
+            child_env[key] = value
+        else:
+            child_env.setdefault(key, value)
     child_env.update({k: str(threads) for k in _THREAD_VARS})
+    child_env[runtime.THREADS_ENV] = str(threads)
     child_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
                "--host", "127.0.0.1", "--max_restart", "0", "--log_dir", str(folder),

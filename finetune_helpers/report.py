@@ -3,8 +3,8 @@
 A row has two kinds of columns:
 
 * **stable**: strategy, trainable and total parameters (and the trainable percentage), the final
-  metric (accuracy in % or perplexity, rounded to 2 decimals) and the budget. On one machine
-  these repeat exactly (seeded training), so nbval can check them;
+  metric (accuracy in % or perplexity, stored rounded to 2 decimals; a perplexity prints with 1)
+  and the budget. On one machine these repeat exactly (seeded training), so nbval can check them;
 * **measured**: seconds per epoch and peak memory (process RSS, and GPU memory on a GPU). They
   change from run to run and machine to machine, so nbval must not compare them.
 
@@ -47,6 +47,8 @@ _JSON_VERSION = 1
 # metric name -> (key in History.epochs records, factor applied for display)
 _METRICS = {"accuracy": ("eval_accuracy", 100.0), "perplexity": ("eval_perplexity", 1.0),
             "loss": ("eval_loss", 1.0), "train_loss": ("train_loss", 1.0)}
+# metric name -> decimals printed: a perplexity, exp(loss), gets one
+_DECIMALS = {"accuracy": 2, "perplexity": 1, "loss": 2, "train_loss": 2}
 
 
 class ReportRow(dict):
@@ -89,7 +91,8 @@ def _pct(value: float) -> str:
 def _metric_text(name: str, value: float | None) -> str:
     if value is None:
         return f"{name} n/a"
-    return f"accuracy {value:.2f}%" if name == "accuracy" else f"{name} {value:.2f}"
+    text = f"{value:.{_DECIMALS.get(name, 2)}f}"
+    return f"accuracy {text}%" if name == "accuracy" else f"{name} {text}"
 
 
 def report(strategy: str, model: paddle.nn.Layer, history: Any, *, budget: str,

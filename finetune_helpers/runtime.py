@@ -1,15 +1,31 @@
-"""Runtime settings applied once, before paddle is imported: threads, MKL code path, logs, seeds.
+"""Runtime settings applied once, before paddle is imported: arithmetic, threads, logs, seeds.
 
-Paddle's CPU wheel calls its bundled MKL-ML, which runs one thread unless told otherwise and takes
-a slow generic code path on non-Intel processors unless ``MKL_DEBUG_CPU_TYPE=5`` is set. Both
-are read when the library loads, so they must be in the environment before ``import paddle``.
-Measured on a 2-core AMD EPYC: 17 GFLOP/s by default, about 110 with both set
-(``python -m finetune_helpers.runtime --bench``).
+Two arithmetic modes (``setup(mode=...)`` or the environment variable
+``FINETUNE_HELPERS_ARITHMETIC``):
+
+- ``"reproducible"`` (the default, and the mode the book's stored outputs are made in): the same
+  code gives the same bits on any x86-64 machine of the same class. A fixed thread count
+  (2, whatever the machine's cores: the thread count decides how sums are split), MKL pinned to
+  its AVX2 kernels (``MKL_DEBUG_CPU_TYPE=5``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``) with conditional
+  numerical reproducibility (``MKL_CBWR=AVX2``: results no longer depend on memory alignment)
+  and dynamic threading off (``MKL_DYNAMIC=FALSE``: a loaded machine would otherwise get
+  fewer threads, and other sums), oneDNN capped at AVX2, NumPy's OpenBLAS on one thread with
+  its AVX2 (Haswell) kernels. What this cannot pin: Paddle picks the kernels of Adam/AdamW
+  and of train-mode batch norm by CPUID, so AVX-512 and AVX2-only machines form two classes;
+  :mod:`finetune_helpers.fingerprint` tells which class a machine is in.
+- ``"fast"``: every available core and the math library's best code path for this CPU
+  (``MKL_DEBUG_CPU_TYPE=5`` only on non-Intel CPUs, where MKL would otherwise take a slow
+  generic path). Values already in the environment win. The last digits of results may then
+  differ from the book's.
+
+All of these are read when the libraries load, so they must be in the environment before
+``import paddle`` (and before ``import numpy`` for OpenBLAS).
+``python -m finetune_helpers.runtime --bench`` measures what each mode costs.
 
 Usage, first thing in a notebook or script::
 
     from finetune_helpers import runtime
-    runtime.setup(seed=0)
+    runtime.setup(seed=0)                  # or runtime.setup(seed=0, mode="fast")
 """
 
 from __future__ import annotations
@@ -20,7 +36,7 @@ import random
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: Environment set by :func:`setup` when not already set by the user (``setdefault`` semantics).
 QUIET_ENV = {
@@ -31,27 +47,75 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+MODES = ("reproducible", "fast")
+#: Chooses the mode when ``setup(mode=None)``; the tests and ``make notebooks`` set it.
+MODE_ENV = "FINETUNE_HELPERS_ARITHMETIC"
+#: Threads per process in reproducible mode when not 2 (the data-parallel launcher sets it).
+THREADS_ENV = "FINETUNE_HELPERS_THREADS"
+REPRODUCIBLE_THREADS = 2
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CPU_NUM")
+
+#: The reproducible mode's pins besides the thread counts (forced, not ``setdefault``).
+REPRODUCIBLE_PINS = {
+    "MKL_DEBUG_CPU_TYPE": "5",           # MKL's AVX2 kernels, on Intel and AMD alike
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",   # the same, the documented way (Intel CPUs)
+    "MKL_CBWR": "AVX2",                  # conditional numerical reproducibility
+    "MKL_DYNAMIC": "FALSE",              # exactly the threads asked for, under any load
+    "ONEDNN_MAX_CPU_ISA": "AVX2",        # unused by Paddle's eager CPU kernels; pinned anyway
+    "OPENBLAS_NUM_THREADS": "1",         # OpenBLAS caps threads at the CPUs it may use
+}
+#: Set only when absent: some machines preset it to keep OpenBLAS off kernels that fail there.
+OPENBLAS_CORE = ("OPENBLAS_CORETYPE", "Haswell")
+
+
+def resolve_mode(mode: str | None = None) -> str:
+    """The arithmetic mode: ``mode`` if given, else ``$FINETUNE_HELPERS_ARITHMETIC``, else
+    reproducible."""
+    chosen = mode or os.environ.get(MODE_ENV) or "reproducible"
+    if chosen not in MODES:
+        raise ValueError(f"unknown arithmetic mode {chosen!r} (from "
+                         f"{'the argument' if mode else MODE_ENV}); choose one of {MODES}")
+    return chosen
+
 
 @dataclass
 class RuntimeReport:
-    """What :func:`setup` set, and whether it could take effect."""
+    """What :func:`setup` set, whether it could take effect, and the arithmetic fingerprint."""
 
+    mode: str
     threads: int
-    mkl_cpu_type: str | None
     seed: int | None
     device: str = "cpu"
     effective: bool = True
-    notes: list[str] = field(default_factory=list)
+    fingerprint: str | None = None       # this process's, when computed
+    book_fingerprint: str | None = None  # the stored outputs', when known
+    differs_in: tuple[str, ...] = ()     # fingerprint parts that differ from the book's
 
     def line(self) -> str:
-        mkl = (f"MKL_DEBUG_CPU_TYPE={self.mkl_cpu_type}" if self.mkl_cpu_type
-               else "MKL native code path")
-        text = (f"runtime: threads={self.threads}, {mkl} ({cpu_vendor() or 'unknown CPU'}), "
-                f"glog quiet, seed={self.seed}, device={self.device}")
+        if self.mode == "reproducible":
+            arithmetic = f"reproducible arithmetic ({self.threads} threads, AVX2 code paths)"
+        else:
+            mkl = ("MKL AVX2 code path" if os.environ.get("MKL_DEBUG_CPU_TYPE") == "5"
+                   else "MKL native code path")
+            arithmetic = (f"fast arithmetic ({self.threads} threads, {mkl}, "
+                          f"{cpu_vendor() or 'unknown CPU'}; last digits may differ from the book)")
+        text = f"runtime: {arithmetic}"
+        if self.fingerprint:
+            text += f", fingerprint {self.fingerprint}"
+            if self.book_fingerprint == self.fingerprint:
+                text += " = the book's"
+            elif self.book_fingerprint:
+                text += (f" (the book's is {self.book_fingerprint}: differs in "
+                         f"{', '.join(self.differs_in)})")
+        text += f", seed={self.seed}, device={self.device}"
         if not self.effective:
-            text += (" -- WARNING: paddle was imported before setup(), so the thread and MKL "
-                     "settings cannot take effect: restart the kernel and call setup() first")
+            text += (" -- WARNING: paddle was imported before setup(), so the thread and "
+                     "math-library settings cannot take effect: restart the kernel and call "
+                     "setup() first")
         return text
+
+    def __repr__(self) -> str:  # a notebook cell ending in setup() shows the line
+        return self.line()
 
 
 def available_cores() -> int:
@@ -69,26 +133,51 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def cpu_vendor() -> str:
-    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo ('' if unknown)."""
+def _cpuinfo(key: str) -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
 
 
-def environment(threads: int | None = None) -> dict[str, str]:
-    """The variables :func:`setup` would add to ``os.environ`` (existing values win)."""
-    n = str(threads or available_cores())
+def cpu_vendor() -> str:
+    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo ('' if unknown)."""
+    return _cpuinfo("vendor_id")
+
+
+def cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo ('' if unknown)."""
+    return _cpuinfo("model name")
+
+
+def cpu_flags() -> set[str]:
+    """The processor's feature flags (avx2, avx512f, ...) from /proc/cpuinfo."""
+    return set(_cpuinfo("flags").split())
+
+
+def environment(threads: int | None = None, mode: str | None = None) -> dict[str, str]:
+    """The variables :func:`setup` would put in ``os.environ`` for this mode.
+
+    In reproducible mode the thread count is ``threads``, else ``$FINETUNE_HELPERS_THREADS``,
+    else 2, never the machine's core count; in fast mode it defaults to the available cores.
+    """
+    mode = resolve_mode(mode)
     env = dict(QUIET_ENV)
-    env.update({"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "CPU_NUM": n})
-    if cpu_vendor() != "GenuineIntel":
-        # MKL checks for an Intel CPU; type 5 selects its AVX2 kernels on other x86-64 CPUs.
-        env["MKL_DEBUG_CPU_TYPE"] = "5"
+    if mode == "reproducible":
+        n = threads or int(os.environ.get(THREADS_ENV) or REPRODUCIBLE_THREADS)
+        env.update(REPRODUCIBLE_PINS)
+        env[OPENBLAS_CORE[0]] = os.environ.get(OPENBLAS_CORE[0], OPENBLAS_CORE[1])
+    else:
+        n = threads or available_cores()
+        if cpu_vendor() != "GenuineIntel":
+            # MKL checks for an Intel CPU; type 5 selects its AVX2 kernels on other x86-64 CPUs.
+            env["MKL_DEBUG_CPU_TYPE"] = "5"
+    env.update({k: str(n) for k in _THREAD_VARS})
+    env[MODE_ENV] = mode
     return env
 
 
@@ -170,91 +259,139 @@ def configure_matplotlib() -> list[str]:
     return cjk
 
 
-def setup(seed: int | None = 0, threads: int | None = None, *, verbose: bool = True,
-          import_paddle: bool = True) -> RuntimeReport:
-    """Configure the process for fast, quiet, reproducible CPU work; call before ``import paddle``.
+def setup(seed: int | None = 0, threads: int | None = None, *, mode: str | None = None,
+          verbose: bool = True, import_paddle: bool = True,
+          fingerprint: bool = True) -> RuntimeReport:
+    """Configure the process for quiet, reproducible (or fast) CPU work; call before ``import paddle``.
 
-    Sets thread counts to the available cores, ``MKL_DEBUG_CPU_TYPE=5`` on non-Intel CPUs,
-    quiets glog and Python warnings, then imports paddle (unless ``import_paddle=False``),
-    seeds ``random``, numpy and paddle, and gives matplotlib a fallback font for Chinese. Values
-    already in the environment are kept, so a reader can override any of them. Prints one line
-    saying what was set.
+    Puts the arithmetic mode's settings in the environment (see the module docstring; in
+    reproducible mode they replace values already there, in fast mode existing values win),
+    quiets glog and Python warnings, imports paddle (unless ``import_paddle=False``), computes
+    the arithmetic fingerprint and compares it with the book's (unless ``fingerprint=False``),
+    seeds ``random``, numpy and paddle, and gives matplotlib a fallback font for Chinese.
+    Prints one line saying what was set.
     """
+    mode = resolve_mode(mode)
     already = "paddle" in sys.modules
-    for key, value in environment(threads).items():
-        os.environ.setdefault(key, value)
-    notes = []
+    for key, value in environment(threads, mode).items():
+        if mode == "reproducible" and key not in QUIET_ENV:
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
+    if mode == "reproducible" and "numpy" in sys.modules:
+        _limit_loaded_openblas(int(REPRODUCIBLE_PINS["OPENBLAS_NUM_THREADS"]))
     if import_paddle and not already:
         _import_paddle_quietly()
     device = "cpu"
+    report = RuntimeReport(mode=mode, threads=int(os.environ["OMP_NUM_THREADS"]), seed=seed,
+                           effective=not already)
     if "paddle" in sys.modules:
         import paddle
         if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
             device = "gpu"
-            paddle.device.set_device("gpu")
-        else:
-            paddle.device.set_device("cpu")
+        paddle.device.set_device(device)
+        report.device = device
+        if fingerprint:
+            from finetune_helpers import fingerprint as fp
+
+            parts = fp.compute()
+            report.fingerprint = fp.combine(parts)
+            stored = fp.load()
+            if stored is not None:
+                report.book_fingerprint = stored["fingerprint"]
+                report.differs_in = tuple(fp.differing_parts(parts, stored))
     if seed is not None:
         seed_everything(seed)
     configure_matplotlib()
-    report = RuntimeReport(threads=int(os.environ["OMP_NUM_THREADS"]),
-                           mkl_cpu_type=os.environ.get("MKL_DEBUG_CPU_TYPE"),
-                           seed=seed, device=device, effective=not already, notes=notes)
     if verbose:
         print(report.line(), flush=True)
     return report
 
 
+def _limit_loaded_openblas(threads: int) -> None:
+    """numpy was imported before setup(): cap its BLAS threads now (the variable came too late)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(threads, user_api="blas")
+
+
 # ---------------------------------------------------------------------------------------------
-# Benchmark: paddle matmul GFLOP/s with paddle's defaults vs with these settings.
+# Benchmark: fp32 matmul GFLOP/s with paddle's defaults, each mode, and numpy.
 
 _BENCH_CODE = r"""
 import time, warnings
 warnings.simplefilter("ignore")
-import paddle
-paddle.set_device("cpu")
 n = {n}
-a = paddle.randn([n, n], dtype="float32"); b = paddle.randn([n, n], dtype="float32")
+if {use_numpy}:
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype="float32"); b = rng.standard_normal((n, n), dtype="float32")
+    mm = lambda: a @ b
+else:
+    import paddle
+    paddle.set_device("cpu")
+    a = paddle.randn([n, n], dtype="float32"); b = paddle.randn([n, n], dtype="float32")
+    mm = lambda: paddle.matmul(a, b).numpy()
 for _ in range(3):
-    paddle.matmul(a, b).numpy()
+    mm()
 best = float("inf")
 for _ in range({reps}):
-    t = time.perf_counter(); paddle.matmul(a, b).numpy(); best = min(best, time.perf_counter() - t)
+    t = time.perf_counter(); mm(); best = min(best, time.perf_counter() - t)
 print(2 * n ** 3 / best / 1e9)
 """
 
-_SETTING_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CPU_NUM", "MKL_DEBUG_CPU_TYPE")
+# Every variable either mode sets: removed to measure the libraries' own defaults.
+_SETTING_VARS = (*_THREAD_VARS, *REPRODUCIBLE_PINS, MODE_ENV, THREADS_ENV)
 
 
-def _bench_once(env: dict[str, str], n: int, reps: int) -> float:
-    out = subprocess.run([sys.executable, "-c", _BENCH_CODE.format(n=n, reps=reps)], env=env,
-                         capture_output=True, text=True, check=True)
+def _bench_once(env: dict[str, str], n: int, reps: int, use_numpy: bool = False) -> float:
+    code = _BENCH_CODE.format(n=n, reps=reps, use_numpy=use_numpy)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench(n: int = 1024, reps: int = 10) -> tuple[float, float]:
-    """fp32 ``n x n`` matmul GFLOP/s in fresh subprocesses: (paddle defaults, runtime settings)."""
+def bench(n: int = 1024, reps: int = 10) -> dict[str, float]:
+    """fp32 ``n x n`` matmul GFLOP/s, each in a fresh subprocess.
+
+    Keys: ``defaults`` (paddle with none of our settings), ``reproducible``, ``fast``, and
+    ``numpy`` (NumPy with this environment, for comparison).
+    """
     base = {k: v for k, v in os.environ.items() if k not in _SETTING_VARS}
     base.update({"GLOG_minloglevel": "2", "PYTHONWARNINGS": "ignore"})
-    tuned = dict(base)
-    tuned.update(environment())
-    return _bench_once(base, n, reps), _bench_once(tuned, n, reps)
+    result = {"defaults": _bench_once(base, n, reps)}
+    for mode in MODES:
+        env = dict(base)
+        env.update(environment(mode=mode))
+        result[mode] = _bench_once(env, n, reps)
+    result["numpy"] = _bench_once(dict(os.environ), n, reps, use_numpy=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_helpers.runtime",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--bench", action="store_true",
-                        help="measure matmul GFLOP/s with paddle's defaults and with these settings")
+                        help="measure matmul GFLOP/s: paddle's defaults, each mode, numpy")
     parser.add_argument("--size", type=int, default=1024, help="matrix size for --bench")
     args = parser.parse_args(argv)
-    env = environment()
-    print("settings: " + " ".join(f"{k}={env[k]}" for k in _SETTING_VARS if k in env))
+    for mode in MODES:
+        env = environment(mode=mode)
+        print(f"settings ({mode}): " + " ".join(
+            f"{k}={env[k]}" for k in (*_THREAD_VARS, *REPRODUCIBLE_PINS, OPENBLAS_CORE[0])
+            if k in env))
     if args.bench:
-        default, tuned = bench(args.size)
-        print(f"paddle defaults:  {default:7.1f} GFLOP/s (fp32 matmul {args.size}x{args.size})")
-        print(f"runtime settings: {tuned:7.1f} GFLOP/s")
-        print(f"speedup: {tuned / default:.1f}x")
+        print(f"CPU: {cpu_model() or 'unknown'} ({cpu_vendor() or '?'}), "
+              f"{available_cores()} cores available; fp32 matmul {args.size}x{args.size}")
+        g = bench(args.size)
+        print(f"paddle defaults:    {g['defaults']:7.1f} GFLOP/s")
+        print(f"reproducible mode:  {g['reproducible']:7.1f} GFLOP/s")
+        print(f"fast mode:          {g['fast']:7.1f} GFLOP/s")
+        print(f"numpy (OpenBLAS):   {g['numpy']:7.1f} GFLOP/s")
+        print(f"speedup: {g['fast'] / g['defaults']:.1f}x; "
+              f"reproducible/fast: {g['reproducible'] / g['fast']:.2f}")
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Test session set-up: runtime settings before paddle loads, and the network guard.
+"""Test session set-up: reproducible arithmetic before paddle loads, and the network guard.
 
 Environment set here is inherited by the notebook kernels that nbval starts, so the notebooks
-run with exactly the settings they were saved with.
+run with exactly the settings they were saved with: the reproducible arithmetic mode, whatever
+the caller exported (OMP_NUM_THREADS=4, a one-CPU affinity mask, ...).
 """
 
 import os
@@ -18,5 +19,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT / "tests" / "netguard"), str(ROOT), os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault(netguard.ENV_VAR, "1")
 netguard.install()
-runtime.setup(seed=0, verbose=False)
+os.environ[runtime.MODE_ENV] = "reproducible"
+os.environ.pop(runtime.THREADS_ENV, None)
+runtime.setup(seed=0, verbose=False, fingerprint=False)
 
