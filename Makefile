@@ -1,6 +1,7 @@
 # The two commands of this book (see README.md):
 #   make book   build the HTML book into _build/html (installs what it needs first)
 #   make test   run the unit tests and re-run every notebook of the book with nbval
+#   (make unit  only the fast unit tests, under two minutes)
 # Both are idempotent: a second run reinstalls nothing.
 
 SHELL := /bin/bash
@@ -14,7 +15,7 @@ JB_FLAGS := --all -W -n --keep-going
 # EXECUTE=1 re-runs every notebook (saving fresh outputs) before building.
 EXECUTE ?= 0
 
-.PHONY: book test notebooks env apt-book apt-test widgets lab lock clean
+.PHONY: book test unit notebooks env apt-book apt-test widgets lab lock clean
 
 book: env apt-book widgets
 ifeq ($(EXECUTE),1)
@@ -26,6 +27,10 @@ endif
 # The browser tests open the built book, so the book is built first.
 test: book apt-test
 	$(PY) -m pytest tests $$($(PY) scripts/toc_notebooks.py) $(NBVAL_FLAGS) $(PYTEST_ARGS)
+
+# The fast unit tests only (no notebooks, no browser): a quick check while changing the package.
+unit: env
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 # Re-execute the notebooks in the test environment and store their outputs (what nbval compares).
 notebooks: env apt-book

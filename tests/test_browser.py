@@ -23,6 +23,9 @@ from toc_notebooks import toc_files  # noqa: E402
 PAGES = [p.relative_to(ROOT).with_suffix(".html") for p in toc_files()]
 
 
+pytestmark = pytest.mark.slow  # needs the built book (make test builds it first)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not (HTML / "index.html").exists():

@@ -97,6 +97,7 @@ def _nbval_environment_notebook(stored_file: Path, strict: bool) -> subprocess.C
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow  # re-runs book/environment.ipynb twice under nbval
 def test_another_machines_fingerprint_turns_off_output_comparison(tmp_path):
     # Simulate outputs made on a machine whose Adam kernel differs from this one's.
     stored = fingerprint.load(fingerprint.BOOK_FILE)

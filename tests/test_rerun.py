@@ -11,6 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # two notebooks, each run twice: about two minutes
 # The set-up page, and the cheapest chapter that trains models (about a minute per pass): it
 # also loads all three offline models, uses the network guard and catches expected errors.
 RERUN = ["book/environment.ipynb", "book/10_original_snippets.ipynb"]
