@@ -1,0 +1,107 @@
+"""Experiments as data: resumable grids, one atomic record per run, seed-paired statistics."""
+
+import json
+import math
+
+import pytest
+
+from finetune_helpers import experiments
+from finetune_helpers.experiments import Grid, RunSpec
+
+
+def fake_grid(calls: list, fail_on: str | None = None) -> Grid:
+    """Two strategies x two learning rates x three seeds; the 'accuracy' is made up but exact."""
+    runs = [RunSpec.make("toy", "vision", strategy, seed, lr=lr)
+            for strategy in ("full", "top_n") for lr in (1e-3, 1e-2) for seed in range(3)]
+
+    def train(spec: RunSpec) -> dict:
+        calls.append(spec.key)
+        if spec.key == fail_on:
+            raise RuntimeError("training diverged")
+        bonus = 0.05 if spec.strategy == "top_n" else 0.0
+        return {"test": {"accuracy": 0.6 + bonus + 0.01 * spec.seed},
+                "val": [{"accuracy": 0.5}, {"accuracy": 0.55}], "steps": 40}
+
+    return Grid("toy", runs, train, "a grid for the tests")
+
+
+def test_run_grid_records_every_run_once_and_resumes(tmp_path):
+    calls = []
+    first = experiments.run_grid(fake_grid(calls), tmp_path, max_runs=5, progress=False)
+    assert len(first) == 5 and len(calls) == 5
+    rest = experiments.run_grid(fake_grid(calls), tmp_path, progress=False)
+    assert len(rest) == 7 and len(calls) == 12          # only the missing runs ran
+    assert experiments.run_grid(fake_grid(calls), tmp_path, progress=False) == []
+    records = experiments.load(tmp_path / "toy.jsonl")
+    assert len({r["key"] for r in records}) == 12 == len(records)
+
+
+def test_record_holds_configuration_metrics_cost_and_provenance(tmp_path):
+    record = experiments.run_grid(fake_grid([]), tmp_path, max_runs=1, progress=False)[0]
+    assert record["config"] == "vision/full,lr=0.001" and record["seed"] == 0
+    assert record["hparams"] == {"lr": 0.001} and record["steps"] == 40
+    assert record["test"] == {"accuracy": 0.6} and len(record["val"]) == 2
+    assert record["wall_s"] >= 0 and record["peak_rss_mib"] > 0
+    for key in ("arithmetic", "threads", "fingerprint", "cpu", "isa", "versions", "commit"):
+        assert key in record, key
+    assert record["arithmetic"] == "reproducible" and record["threads"] == 2
+    assert record["versions"]["paddlepaddle"]
+    # The stored line is the record itself.
+    assert json.loads((tmp_path / "toy.jsonl").read_text()) == record
+
+
+def test_a_failing_run_leaves_no_record_and_no_temporary_file(tmp_path):
+    grid = fake_grid([], fail_on="vision/full,lr=0.001/seed=1")
+    with pytest.raises(RuntimeError, match="diverged"):
+        experiments.run_grid(grid, tmp_path, progress=False)
+    assert [r["seed"] for r in experiments.load(tmp_path / "toy.jsonl")] == [0]
+    assert [p.name for p in tmp_path.iterdir()] == ["toy.jsonl"]
+
+
+def test_a_hand_damaged_line_is_reported_with_its_place(tmp_path):
+    experiments.run_grid(fake_grid([]), tmp_path, max_runs=2, progress=False)
+    path = tmp_path / "toy.jsonl"
+    path.write_text(path.read_text() + '{"grid": "toy", "key"\n')
+    with pytest.raises(ValueError, match=r"toy\.jsonl, line 3: not a JSON record"):
+        experiments.load(path)
+
+
+def test_grid_refuses_duplicate_runs_and_foreign_runs():
+    spec = RunSpec.make("toy", "vision", "full", 0, lr=1e-3)
+    with pytest.raises(ValueError, match="lists a run twice"):
+        Grid("toy", [spec, spec], lambda s: {})
+    with pytest.raises(ValueError, match="runs of other grids"):
+        Grid("other", [spec], lambda s: {})
+
+
+def test_mean_se_and_paired_difference_match_a_hand_computation(tmp_path):
+    experiments.run_grid(fake_grid([]), tmp_path, progress=False)
+    records = experiments.load(tmp_path / "toy.jsonl")
+    full = experiments.mean_se(list(experiments.metric_by_seed(
+        records, "vision/full,lr=0.001", "accuracy").values()))
+    assert full.mean == pytest.approx(0.61) and full.n == 3
+    assert full.se == pytest.approx(0.01 / math.sqrt(3))          # s.d. of 0.60, 0.61, 0.62
+    assert full.high - full.mean == pytest.approx(4.302653 * full.se, rel=1e-6)  # t(2) 97.5 %
+    diff = experiments.paired_difference(records, "vision/top_n,lr=0.001",
+                                         "vision/full,lr=0.001", "accuracy")
+    assert diff.mean == pytest.approx(0.05) and diff.se == pytest.approx(0, abs=1e-12)
+    assert diff.excludes_zero
+    noisy = experiments.mean_se([0.02, -0.01, 0.03])
+    assert not noisy.excludes_zero
+
+
+def test_pairing_needs_shared_seeds():
+    records = [{"config": "a", "seed": 0, "test": {"accuracy": 1.0}},
+               {"config": "b", "seed": 1, "test": {"accuracy": 1.0}}]
+    with pytest.raises(ValueError, match="share no seed"):
+        experiments.paired_difference(records, "a", "b", "accuracy")
+
+
+def test_summary_last_line_counts_grids_configurations_and_seeds(tmp_path):
+    experiments.run_grid(fake_grid([]), tmp_path, max_runs=8, progress=False)
+    lines = experiments.summary(tmp_path)
+    assert lines[0] == "toy: 8 runs, 3 configurations"
+    assert lines[-1] == "grids: 1; configurations: 3; min seeds per configuration: 2"
+    assert "  vision/full,lr=0.001: 3 seeds; accuracy 0.61 ± 0.0058" in lines
+    assert experiments.summary(tmp_path / "empty")[-1] == (
+        "grids: 0; configurations: 0; min seeds per configuration: 0")
