@@ -274,8 +274,8 @@ def setup(seed: int | None = 0, threads: int | None = None, *, mode: str | None 
     mode = resolve_mode(mode)
     already = "paddle" in sys.modules
     for key, value in environment(threads, mode).items():
-        if mode == "reproducible" and key not in QUIET_ENV:
-            os.environ[key] = value
+        if key == MODE_ENV or (mode == "reproducible" and key not in QUIET_ENV):
+            os.environ[key] = value  # child processes (data-parallel workers) inherit the mode
         else:
             os.environ.setdefault(key, value)
     if mode == "reproducible" and "numpy" in sys.modules:
