@@ -72,7 +72,9 @@ def compute() -> dict[str, str]:
 
     Deterministic inputs come from NumPy's seeded ``Generator``; Paddle's global random state,
     device and parameter-name counters are left as they were, so calling this inside a notebook
-    changes nothing the notebook prints afterwards. Takes well under a second.
+    changes nothing the notebook prints afterwards. Takes well under a second. Changing this
+    computation changes every fingerprint: then store the new one with ``--write`` on the
+    machine that made the book's outputs (or re-execute all notebooks with ``make notebooks``).
     """
     import numpy as np
     import paddle
