@@ -505,12 +505,7 @@ def launch(script: str | os.PathLike, args: Sequence[str] = (), *, nproc: int = 
     threads = threads or max(1, one_process // nproc)
     folder = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="dp_logs_"))
     folder.mkdir(parents=True, exist_ok=True)
-    child_env = dict(os.environ)
-    for key, value in runtime.environment(threads, mode).items():
-        if mode == "reproducible":
-            child_env[key] = value
-        else:
-            child_env.setdefault(key, value)
+    child_env = runtime.apply_environment(dict(os.environ), threads, mode)
     child_env.update({k: str(threads) for k in _THREAD_VARS})
     child_env[runtime.THREADS_ENV] = str(threads)
     child_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -157,9 +156,8 @@ def provenance() -> dict[str, Any]:
             versions[name] = None
     return {"arithmetic": os.environ.get(runtime.MODE_ENV, "unset"),
             "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
-            "fingerprint": fingerprint.combine(fingerprint.compute()),
-            "cpu": runtime.cpu_model(), "isa": fingerprint.machine()["isa"],
-            "python": platform.python_version(), "versions": versions, "commit": _git_commit()}
+            "fingerprint": fingerprint.combine(fingerprint.compute()), **fingerprint.machine(),
+            "versions": versions, "commit": _git_commit()}
 
 
 # ---------------------------------------------------------------------------------------------

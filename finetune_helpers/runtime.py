@@ -37,6 +37,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import MutableMapping
 
 #: Environment set by :func:`setup` when not already set by the user (``setdefault`` semantics).
 QUIET_ENV = {
@@ -66,6 +67,9 @@ REPRODUCIBLE_PINS = {
 }
 #: Set only when absent: some machines preset it to keep OpenBLAS off kernels that fail there.
 OPENBLAS_CORE = ("OPENBLAS_CORETYPE", "Haswell")
+#: Every variable either mode sets (beyond the quiet ones): removed to measure the libraries'
+#: own defaults, or to start a child process from a clean slate.
+ARITHMETIC_VARS = (*_THREAD_VARS, *REPRODUCIBLE_PINS, MODE_ENV, THREADS_ENV)
 
 
 def resolve_mode(mode: str | None = None) -> str:
@@ -181,6 +185,23 @@ def environment(threads: int | None = None, mode: str | None = None) -> dict[str
     return env
 
 
+def apply_environment(target: MutableMapping[str, str], threads: int | None = None,
+                      mode: str | None = None) -> MutableMapping[str, str]:
+    """Put :func:`environment` into ``target`` (``os.environ`` or a child process's env).
+
+    In reproducible mode its values replace those already there; in fast mode existing values
+    win (a reader's own settings). The mode variable itself is always set, so child processes
+    (data-parallel workers) inherit the mode.
+    """
+    mode = resolve_mode(mode)
+    for key, value in environment(threads, mode).items():
+        if key == MODE_ENV or (mode == "reproducible" and key not in QUIET_ENV):
+            target[key] = value
+        else:
+            target.setdefault(key, value)
+    return target
+
+
 # Paddle prints this to stderr at import whenever OMP_NUM_THREADS > 1. It is meant for
 # OpenBLAS builds and data-parallel jobs; the CPU wheel uses MKL, where threads are the point.
 _OMP_WARNING = re.compile(r"WARNING: OMP_NUM_THREADS set to \d+, not 1\..*?\n"
@@ -273,11 +294,7 @@ def setup(seed: int | None = 0, threads: int | None = None, *, mode: str | None 
     """
     mode = resolve_mode(mode)
     already = "paddle" in sys.modules
-    for key, value in environment(threads, mode).items():
-        if key == MODE_ENV or (mode == "reproducible" and key not in QUIET_ENV):
-            os.environ[key] = value  # child processes (data-parallel workers) inherit the mode
-        else:
-            os.environ.setdefault(key, value)
+    apply_environment(os.environ, threads, mode)
     if mode == "reproducible" and "numpy" in sys.modules:
         _limit_loaded_openblas(int(REPRODUCIBLE_PINS["OPENBLAS_NUM_THREADS"]))
     if import_paddle and not already:
@@ -342,8 +359,6 @@ for _ in range({reps}):
 print(2 * n ** 3 / best / 1e9)
 """
 
-# Every variable either mode sets: removed to measure the libraries' own defaults.
-_SETTING_VARS = (*_THREAD_VARS, *REPRODUCIBLE_PINS, MODE_ENV, THREADS_ENV)
 
 
 def _bench_once(env: dict[str, str], n: int, reps: int, use_numpy: bool = False) -> float:
@@ -359,7 +374,7 @@ def bench(n: int = 1024, reps: int = 10) -> dict[str, float]:
     Keys: ``defaults`` (paddle with none of our settings), ``reproducible``, ``fast``, and
     ``numpy`` (NumPy with this environment, for comparison).
     """
-    base = {k: v for k, v in os.environ.items() if k not in _SETTING_VARS}
+    base = {k: v for k, v in os.environ.items() if k not in ARITHMETIC_VARS}
     base.update({"GLOG_minloglevel": "2", "PYTHONWARNINGS": "ignore"})
     result = {"defaults": _bench_once(base, n, reps)}
     for mode in MODES:

@@ -12,13 +12,11 @@ import pytest
 from finetune_helpers import fingerprint, runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-_ARITHMETIC_VARS = (*runtime._THREAD_VARS, *runtime.REPRODUCIBLE_PINS, runtime.MODE_ENV,
-                    runtime.THREADS_ENV)
 
 
 def fingerprint_parts(env_extra: dict | None = None, prefix: tuple[str, ...] = ()) -> dict:
     """This machine's fingerprint parts, computed in a fresh process with ``env_extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in _ARITHMETIC_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in runtime.ARITHMETIC_VARS}
     env.update(env_extra or {})
     out = subprocess.run([*prefix, sys.executable, "-m", "finetune_helpers.fingerprint",
                           "--json"], capture_output=True, text=True, env=env, cwd=ROOT,
@@ -87,7 +85,7 @@ def test_book_stores_a_fingerprint_made_in_reproducible_mode():
 
 
 def _nbval_environment_notebook(stored_file: Path, strict: bool) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in _ARITHMETIC_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in runtime.ARITHMETIC_VARS}
     env[fingerprint.FILE_ENV] = str(stored_file)
     if strict:
         env["FINETUNE_HELPERS_STRICT"] = "1"

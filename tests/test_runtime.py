@@ -13,14 +13,10 @@ from finetune_helpers import runtime
 ROOT = Path(__file__).resolve().parents[1]
 
 
-_ARITHMETIC_VARS = (*runtime._THREAD_VARS, *runtime.REPRODUCIBLE_PINS, runtime.MODE_ENV,
-                    runtime.THREADS_ENV)
-
-
 def run_python(code: str, env_extra: dict | None = None,
                prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter without the test session's arithmetic settings."""
-    env = {k: v for k, v in os.environ.items() if k not in _ARITHMETIC_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in runtime.ARITHMETIC_VARS}
     env.update(env_extra or {})
     return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
