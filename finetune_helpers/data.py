@@ -165,6 +165,62 @@ def _resize(images: np.ndarray, size: int, chunk: int = 2048) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 1, size, size), np.float32)
 
 
+def _fashion_raw(split: str, root: str | Path | None, download: bool) -> Any:
+    """Paddle's ``FashionMNIST`` data set of one split, from Debian's files (or downloaded)."""
+    from paddle.vision.datasets import FashionMNIST
+
+    prefix = "train" if split == "train" else "t10k"
+    if download:
+        return FashionMNIST(mode=split, download=True, backend="cv2")
+    folder = Path(root) if root is not None else FASHION_MNIST_DIR
+    image_path = folder / f"{prefix}-images-idx3-ubyte.gz"
+    label_path = folder / f"{prefix}-labels-idx1-ubyte.gz"
+    for path in (image_path, label_path):
+        if not path.is_file():
+            raise _missing("Fashion-MNIST", path,
+                           "`apt-get install dataset-fashion-mnist` (Debian)",
+                           "fashion_mnist(..., download=True) lets Paddle download it")
+    return FashionMNIST(image_path=str(image_path), label_path=str(label_path), mode=split,
+                        download=False, backend="cv2")
+
+
+def _fashion_images(raw: Any, pick: np.ndarray, labels: np.ndarray, image_size: int,
+                    normalize: str, channels: int, names: Sequence[str]) -> ImageDataset:
+    pixels = np.stack([raw.images[i] for i in pick]).reshape(-1, 1, 28, 28).astype(np.float32)
+    images = NORMALIZATIONS[normalize](_resize(pixels, image_size)).astype(np.float32)
+    return ImageDataset(images, labels[pick], channels, names)
+
+
+def fashion_mnist_splits(n_train: int, n_val: int, n_test: int, image_size: int, seed: int = 0,
+                         *, split_seed: int = 0, normalize: str = "imagenet_lite",
+                         channels: int = 3, root: str | Path | None = None
+                         ) -> dict[str, ImageDataset]:
+    """Train / validation / test sets for replicated experiments, balanced per class.
+
+    The validation set (``n_val``, carved from the official training split) and the test set
+    (``n_test``, from the official test split) depend only on ``split_seed``: every run of an
+    experiment is scored on the same examples. The training set is ``n_train`` examples drawn
+    by ``seed`` from the rest of the training split, so seeds see different training subsets.
+    """
+    for what, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"{what} must be a positive int, got {n!r}.")
+    raw_train, raw_test = _fashion_raw("train", root, False), _fashion_raw("test", root, False)
+    train_labels = np.concatenate(raw_train.labels).astype(np.int64)
+    test_labels = np.concatenate(raw_test.labels).astype(np.int64)
+    val = subset_indices(train_labels, n_val, split_seed, balanced=True,
+                         what="Fashion-MNIST train split")
+    rest = np.setdiff1d(np.arange(len(train_labels)), val)
+    train = rest[subset_indices(train_labels[rest], n_train, seed, balanced=True,
+                                what="Fashion-MNIST train split without validation")]
+    test = subset_indices(test_labels, n_test, split_seed, balanced=True,
+                          what="Fashion-MNIST test split")
+    args = (image_size, normalize, channels, FASHION_MNIST_CLASSES)
+    return {"train": _fashion_images(raw_train, train, train_labels, *args),
+            "validation": _fashion_images(raw_train, val, train_labels, *args),
+            "test": _fashion_images(raw_test, test, test_labels, *args)}
+
+
 def fashion_mnist(split: str = "train", n: int | None = None, image_size: int = 64,
                   channels: int = 3, seed: int = 0, classes: Sequence[int] | None = None,
                   normalize: str = "imagenet_lite", *, root: str | Path | None = None,
@@ -189,22 +245,7 @@ def fashion_mnist(split: str = "train", n: int | None = None, image_size: int = 
         if not classes or len(set(classes)) != len(classes) or not all(0 <= c < 10 for c in classes):
             raise ValueError(f"classes must be distinct labels in 0..9, got {classes}; names: "
                              + ", ".join(f"{i}={c}" for i, c in enumerate(FASHION_MNIST_CLASSES)))
-    from paddle.vision.datasets import FashionMNIST
-
-    prefix = "train" if split == "train" else "t10k"
-    if download:
-        raw = FashionMNIST(mode=split, download=True, backend="cv2")
-    else:
-        folder = Path(root) if root is not None else FASHION_MNIST_DIR
-        image_path = folder / f"{prefix}-images-idx3-ubyte.gz"
-        label_path = folder / f"{prefix}-labels-idx1-ubyte.gz"
-        for path in (image_path, label_path):
-            if not path.is_file():
-                raise _missing("Fashion-MNIST", path,
-                               "`apt-get install dataset-fashion-mnist` (Debian)",
-                               "fashion_mnist(..., download=True) lets Paddle download it")
-        raw = FashionMNIST(image_path=str(image_path), label_path=str(label_path), mode=split,
-                           download=False, backend="cv2")
+    raw = _fashion_raw(split, root, download)
     labels = np.concatenate(raw.labels).astype(np.int64)
     keep = np.arange(len(labels))
     names = list(FASHION_MNIST_CLASSES)
@@ -216,9 +257,7 @@ def fashion_mnist(split: str = "train", n: int | None = None, image_size: int = 
         names = [FASHION_MNIST_CLASSES[c] for c in classes]
     pick = keep[subset_indices(labels[keep], n, seed, balanced=True,
                                what=f"Fashion-MNIST {split} split")]
-    pixels = np.stack([raw.images[i] for i in pick]).reshape(-1, 1, 28, 28).astype(np.float32)
-    images = NORMALIZATIONS[normalize](_resize(pixels, image_size)).astype(np.float32)
-    return ImageDataset(images, labels[pick], channels, names)
+    return _fashion_images(raw, pick, labels, image_size, normalize, channels, names)
 
 
 # ---------------------------------------------------------------------------------------------

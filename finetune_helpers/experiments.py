@@ -72,18 +72,57 @@ class RunSpec:
         return f"{self.config}/seed={self.seed}"
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """A configuration whose ``param`` (the learning rate) is chosen on validation.
+
+    The protocol: at the grid's first seed, one run per value in ``values``; the value whose run
+    scores best on validation (at its best epoch; ties go to the value listed first) is the
+    configuration's; the other seeds then run at that value only.
+    """
+
+    task: str
+    strategy: str
+    values: tuple[Any, ...]
+    param: str = "lr"
+    hparams: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(cls, task: str, strategy: str, values: Sequence[Any], param: str = "lr",
+             **hparams: Any) -> Sweep:
+        if len(values) < 1 or len(set(values)) != len(values):
+            raise ValueError(f"{task}/{strategy}: values must be distinct, got {values!r}")
+        return cls(task, strategy, tuple(values), param, tuple(sorted(hparams.items())))
+
+    @property
+    def name(self) -> str:
+        """The configuration without the chosen value, e.g. ``vision/top_n,n=2``."""
+        return ",".join([f"{self.task}/{self.strategy}", *(f"{k}={v}" for k, v in self.hparams)])
+
+    def spec(self, grid: str, seed: int, value: Any) -> RunSpec:
+        return RunSpec.make(grid, self.task, self.strategy, seed,
+                            **dict(self.hparams), **{self.param: value})
+
+
 @dataclass
 class Grid:
     """A named set of runs and the function that trains one of them.
 
+    ``runs`` are fixed runs; each of ``sweeps`` adds its selection runs (every value at
+    ``seeds[0]``) and, once those are recorded, the chosen value at the other ``seeds``.
     ``train(spec)`` returns a dict with at least ``test`` (a dict of test metrics); by
-    convention also ``val`` (one dict of validation metrics per epoch) and ``steps``.
+    convention also ``val`` (one dict of validation metrics per epoch), ``best_epoch`` (the
+    epoch whose weights were tested) and ``steps``. ``select`` is the validation metric that
+    chooses a sweep's value (higher is better).
     """
 
     name: str
     runs: list[RunSpec]
     train: Callable[[RunSpec], dict[str, Any]]
     description: str = ""
+    sweeps: list[Sweep] = field(default_factory=list)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    select: str = "accuracy"
 
     def __post_init__(self) -> None:
         keys = [r.key for r in self.runs]
@@ -93,6 +132,48 @@ class Grid:
         wrong = {r.grid for r in self.runs} - {self.name}
         if wrong:
             raise ValueError(f"grid {self.name!r} holds runs of other grids: {sorted(wrong)}")
+        names = [s.name for s in self.sweeps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"grid {self.name!r} lists a sweep twice: {names}")
+        if not self.seeds:
+            raise ValueError(f"grid {self.name!r} has no seeds")
+
+    def planned(self, records: Sequence[dict[str, Any]]) -> list[RunSpec]:
+        """Every run the grid needs, given what is recorded (a sweep's replicates appear once
+        its selection runs are all recorded)."""
+        specs = list(self.runs)
+        for sweep in self.sweeps:
+            specs += [sweep.spec(self.name, self.seeds[0], v) for v in sweep.values]
+            chosen = chosen_value(sweep, records, self.select)
+            if chosen is not None:
+                specs += [sweep.spec(self.name, s, chosen) for s in self.seeds[1:]]
+        return specs
+
+
+def validation_score(record: dict[str, Any], metric: str) -> float:
+    """The run's validation ``metric`` at the epoch whose weights were kept (else its best)."""
+    val = record.get("val") or []
+    if not val:
+        raise ValueError(f"{record.get('key')}: no validation metrics recorded")
+    best = record.get("best_epoch")
+    if best is not None:
+        return float(val[best][metric])
+    return max(float(v[metric]) for v in val)
+
+
+def chosen_value(sweep: Sweep, records: Iterable[dict[str, Any]], metric: str,
+                 seed: int | None = None) -> Any | None:
+    """The value of ``sweep.param`` chosen on validation, or ``None`` while selection runs are
+    missing. ``seed``: the selection seed (default: the lowest seed recorded for the sweep)."""
+    mine = [r for r in records if (r.get("sweep") or {}).get("name") == sweep.name]
+    if not mine:
+        return None
+    seed = min(r["seed"] for r in mine) if seed is None else seed
+    by_value = {r["hparams"][sweep.param]: r for r in mine if r["seed"] == seed}
+    if any(v not in by_value for v in sweep.values):
+        return None
+    scores = [validation_score(by_value[v], metric) for v in sweep.values]
+    return sweep.values[scores.index(max(scores))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,9 +245,18 @@ def provenance() -> dict[str, Any]:
 # Running.
 
 def pending(grid: Grid, results_dir: Path | None = None) -> list[RunSpec]:
-    """The runs of ``grid`` that have no record yet, in the grid's order."""
-    done = {r.get("key") for r in load(results_path(grid.name, results_dir))}
-    return [spec for spec in grid.runs if spec.key not in done]
+    """The runs of ``grid`` that have no record yet and can run now, in the grid's order."""
+    records = load(results_path(grid.name, results_dir))
+    done = {r.get("key") for r in records}
+    return [spec for spec in grid.planned(records) if spec.key not in done]
+
+
+def _sweep_of(grid: Grid, spec: RunSpec) -> Sweep | None:
+    for sweep in grid.sweeps:
+        if sweep.task == spec.task and sweep.strategy == spec.strategy and \
+                sweep.spec(grid.name, spec.seed, dict(spec.hparams).get(sweep.param)) == spec:
+            return sweep
+    return None
 
 
 def run_grid(grid: Grid, results_dir: Path | None = None, *, max_runs: int | None = None,
@@ -183,10 +273,16 @@ def run_grid(grid: Grid, results_dir: Path | None = None, *, max_runs: int | Non
     from finetune_helpers.train import PeakMemory
 
     path = results_path(grid.name, results_dir)
-    todo = [s for s in pending(grid, results_dir) if only is None or only(s)][:max_runs]
     where = provenance()
-    new = []
-    for spec in tqdm(todo, desc=grid.name, disable=not progress):
+    new: list[dict[str, Any]] = []
+    bar = tqdm(desc=grid.name, disable=not progress, unit="run")
+    while max_runs is None or len(new) < max_runs:
+        # Recomputed after every run: a finished selection adds that sweep's replicates.
+        todo = [s for s in pending(grid, results_dir) if only is None or only(s)]
+        if not todo:
+            break
+        spec = todo[0]
+        bar.set_postfix_str(spec.key, refresh=True)
         seed_everything(spec.seed)
         memory = PeakMemory()
         memory.start()
@@ -195,12 +291,19 @@ def run_grid(grid: Grid, results_dir: Path | None = None, *, max_runs: int | Non
         seconds = time.perf_counter() - start
         if "test" not in result:
             raise ValueError(f"{grid.name}: train() returned no 'test' metrics for {spec.key}")
+        sweep = _sweep_of(grid, spec)
+        mem = memory.stop()
         record = {"grid": grid.name, "key": spec.key, "config": spec.config, "task": spec.task,
                   "strategy": spec.strategy, "seed": spec.seed, "hparams": dict(spec.hparams),
+                  "sweep": {"name": sweep.name, "param": sweep.param,
+                            "values": list(sweep.values)} if sweep else None,
                   **result, "wall_s": round(seconds, 1),
-                  "peak_rss_mib": memory.stop()["peak_rss_mib"], **where}
+                  "peak_rss_mib": mem["peak_rss_mib"], "start_rss_mib": mem["start_rss_mib"],
+                  **where}
         append(path, record)
         new.append(record)
+        bar.update(1)
+    bar.close()
     return new
 
 
@@ -262,27 +365,81 @@ def paired_difference(records: Iterable[dict], config: str, reference: str,
 # ---------------------------------------------------------------------------------------------
 # Summary.
 
-def summary(results_dir: Path | None = None) -> list[str]:
-    """What is stored: per grid, each configuration's seeds and mean ± s.e. of its test metrics.
+def _record_sweep(record: dict[str, Any]) -> Sweep | None:
+    info = record.get("sweep")
+    if not info:
+        return None
+    return Sweep(record["task"], record["strategy"], tuple(info["values"]), info["param"],
+                 tuple((k, v) for k, v in sorted(record["hparams"].items()) if k != info["param"]))
 
-    The last line reads ``grids: G; configurations: C; min seeds per configuration: S``.
+
+def reported(records: Sequence[dict[str, Any]], metric: str = "accuracy"
+             ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Split records into ``(reported, selection_only)`` configurations.
+
+    A sweep's configuration is reported at its chosen value only (its other values' runs served
+    the choice); a sweep still being selected is in neither. Fixed runs are always reported.
     """
+    shown: dict[str, list[dict]] = {}
+    selection: dict[str, list[dict]] = {}
+    chosen: dict[str, Any] = {}
+    for r in records:
+        sweep = _record_sweep(r)
+        if sweep is None:
+            shown.setdefault(r["config"], []).append(r)
+            continue
+        if sweep.name not in chosen:
+            chosen[sweep.name] = chosen_value(sweep, records, metric)
+        value = chosen[sweep.name]
+        if value is None:
+            continue
+        target = shown if r["hparams"][sweep.param] == value else selection
+        target.setdefault(r["config"], []).append(r)
+    return shown, selection
+
+
+def _registry() -> dict[str, Grid]:
+    try:
+        from finetune_helpers import grids
+    except ImportError:
+        return {}
+    return grids.registry()
+
+
+def summary(results_dir: Path | None = None, grids: dict[str, Grid] | None = None) -> list[str]:
+    """What is stored: per grid, each reported configuration's seeds and mean ± s.e. of its
+    test metrics, the sweeps' choices, and how many planned runs are still missing.
+
+    The last line reads ``grids: G; configurations: C; min seeds per configuration: S``
+    (reported configurations only: a learning rate that lost the selection is not one).
+    """
+    grids = _registry() if grids is None else grids
     lines, n_configs, min_seeds = [], 0, None
     files = sorted(Path(results_dir or RESULTS_DIR).glob("*.jsonl"))
     for path in files:
         records = load(path)
-        configs: dict[str, list[dict]] = {}
-        for r in records:
-            configs.setdefault(r["config"], []).append(r)
-        lines.append(f"{path.stem}: {len(records)} runs, {len(configs)} configurations")
-        for config, runs in configs.items():
+        grid = grids.get(path.stem)
+        shown, selection = reported(records, grid.select if grid else "accuracy")
+        missing = len(pending(grid, results_dir)) if grid else None
+        lines.append(f"{path.stem}: {len(records)} runs, {len(shown)} configurations reported, "
+                     f"{sum(map(len, selection.values()))} selection-only runs"
+                     + (f", {missing} planned runs not yet recorded" if missing is not None else ""))
+        for config, runs in shown.items():
             seeds = len({r["seed"] for r in runs})
             metrics = ", ".join(
                 f"{m} {e.mean:.4g} ± {e.se:.2g}" for m in sorted(runs[0]["test"])
                 for e in [mean_se([float(r["test"][m]) for r in runs])])
-            lines.append(f"  {config}: {seeds} seeds; {metrics}")
+            sweep = _record_sweep(runs[0])
+            note = ""
+            if sweep is not None:
+                value = runs[0]["hparams"][sweep.param]
+                edge = " (at the edge of the range)" if len(sweep.values) > 1 and value in (
+                    sweep.values[0], sweep.values[-1]) else ""
+                note = (f" [{sweep.param} chosen on validation from "
+                        f"{', '.join(map(str, sweep.values))}{edge}]")
+            lines.append(f"  {config}: {seeds} seeds; {metrics}{note}")
             min_seeds = seeds if min_seeds is None else min(min_seeds, seeds)
-        n_configs += len(configs)
+        n_configs += len(shown)
     lines.append(f"grids: {len(files)}; configurations: {n_configs}; "
                  f"min seeds per configuration: {min_seeds or 0}")
     return lines
@@ -291,11 +448,36 @@ def summary(results_dir: Path | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_helpers.experiments",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["summary"])
+    parser.add_argument("command", choices=["summary", "run", "list"],
+                        help="summary: what is stored; run: run the missing runs of GRID "
+                             "(resumable); list: the runs GRID still needs")
+    parser.add_argument("grid", nargs="?", help="grid name (run, list)")
     parser.add_argument("--results", type=Path, default=None,
                         help=f"folder of the records (default: {RESULTS_DIR.relative_to(ROOT)})")
+    parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
+    parser.add_argument("--only", default=None,
+                        help="run only keys containing this text, e.g. 'top_n' or "
+                             "'vision/full,lr=0.0003/seed=1' (one row)")
     args = parser.parse_args(argv)
-    print("\n".join(summary(args.results)))
+    if args.command == "summary":
+        print("\n".join(summary(args.results)))
+        return 0
+    known = _registry()
+    if args.grid not in known:
+        parser.error(f"unknown grid {args.grid!r}; grids: {', '.join(known) or 'none'}")
+    grid = known[args.grid]
+    if args.command == "list":
+        for spec in pending(grid, args.results):
+            print(spec.key)
+        return 0
+    from finetune_helpers import runtime
+
+    runtime.setup(seed=None, verbose=True)
+    only = (lambda spec: args.only in spec.key) if args.only else None
+    new = run_grid(grid, args.results, max_runs=args.max_runs, only=only)
+    print(f"{grid.name}: {len(new)} new run(s) recorded in "
+          f"{results_path(grid.name, args.results)}; {len(pending(grid, args.results))} "
+          "planned run(s) not yet recorded")
     return 0
 
 

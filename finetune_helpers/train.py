@@ -265,6 +265,7 @@ class History:
     peak_gpu_mib: float | None = None
     memory_method: str = ""
     device: str = "cpu"
+    best_epoch: int | None = None  # set by EarlyStopping: the epoch whose weights were kept
 
     @property
     def metric_name(self) -> str | None:
@@ -392,7 +393,9 @@ def fit(model: paddle.nn.Layer, train_loader: Iterable, optimizer: paddle.optimi
     (``scheduler_step="batch"``) or every epoch (``"epoch"``). ``callbacks`` may define any of
     ``on_train_begin(model, optimizer)``, ``on_epoch_begin(epoch, model, optimizer)`` (called
     after ``model.train()``), ``on_epoch_end(epoch, model, optimizer, logs)`` and
-    ``on_train_end(model, optimizer, history)``; ``epoch`` counts from 0. ``seed`` re-seeds
+    ``on_train_end(model, optimizer, history)``; ``epoch`` counts from 0. A callback whose
+    ``stop_training`` attribute is true after ``on_epoch_end`` ends training there
+    (:class:`finetune_helpers.callbacks.EarlyStopping`). ``seed`` re-seeds
     Python, numpy and paddle first and sets a sampler's ``set_epoch(epoch)`` if it has one, so
     shuffling and dropout repeat exactly, even on a loader used before.
 
@@ -491,6 +494,8 @@ def fit(model: paddle.nn.Layer, train_loader: Iterable, optimizer: paddle.optimi
                 postfix["ppl"] = f"{record['eval_perplexity']:.2f}"
             bar.set_postfix(postfix, refresh=True)
             _call(callbacks, "on_epoch_end", epoch, model, optimizer, record)
+            if any(getattr(cb, "stop_training", False) for cb in callbacks):
+                break  # e.g. EarlyStopping: validation stopped improving
     finally:
         bar.close()
     for key, value in memory.stop().items():

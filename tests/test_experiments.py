@@ -99,9 +99,56 @@ def test_pairing_needs_shared_seeds():
 
 def test_summary_last_line_counts_grids_configurations_and_seeds(tmp_path):
     experiments.run_grid(fake_grid([]), tmp_path, max_runs=8, progress=False)
-    lines = experiments.summary(tmp_path)
-    assert lines[0] == "toy: 8 runs, 3 configurations"
+    lines = experiments.summary(tmp_path, grids={})
+    assert lines[0] == "toy: 8 runs, 3 configurations reported, 0 selection-only runs"
     assert lines[-1] == "grids: 1; configurations: 3; min seeds per configuration: 2"
     assert "  vision/full,lr=0.001: 3 seeds; accuracy 0.61 ± 0.0058" in lines
-    assert experiments.summary(tmp_path / "empty")[-1] == (
+    assert experiments.summary(tmp_path / "empty", grids={})[-1] == (
         "grids: 0; configurations: 0; min seeds per configuration: 0")
+
+
+def sweep_grid(calls: list) -> Grid:
+    """One sweep over three learning rates; validation peaks at lr=0.01, test follows seeds."""
+    def train(spec: RunSpec) -> dict:
+        calls.append(spec.key)
+        lr = dict(spec.hparams)["lr"]
+        val = {0.001: 0.5, 0.01: 0.7, 0.1: 0.6}[lr]
+        return {"val": [{"accuracy": val - 0.1}, {"accuracy": val}], "best_epoch": 1,
+                "test": {"accuracy": val + 0.01 * spec.seed}}
+
+    sweep = experiments.Sweep.make("vision", "full", (0.001, 0.01, 0.1))
+    return Grid("swept", [], train, sweeps=[sweep], seeds=(0, 1, 2))
+
+
+def test_a_sweep_chooses_on_validation_then_replicates_only_the_chosen_value(tmp_path):
+    calls = []
+    grid = sweep_grid(calls)
+    assert [s.key for s in experiments.pending(grid, tmp_path)] == [
+        f"vision/full,lr={lr}/seed=0" for lr in (0.001, 0.01, 0.1)]  # replicates not yet known
+    experiments.run_grid(grid, tmp_path, progress=False)
+    assert calls == [f"vision/full,lr={lr}/seed=0" for lr in (0.001, 0.01, 0.1)] + [
+        "vision/full,lr=0.01/seed=1", "vision/full,lr=0.01/seed=2"]
+    records = experiments.load(tmp_path / "swept.jsonl")
+    assert records[0]["sweep"] == {"name": "vision/full", "param": "lr",
+                                   "values": [0.001, 0.01, 0.1]}
+    assert experiments.pending(grid, tmp_path) == []
+    lines = experiments.summary(tmp_path, grids={"swept": grid})
+    assert lines[0] == ("swept: 5 runs, 1 configurations reported, 2 selection-only runs, "
+                        "0 planned runs not yet recorded")
+    assert lines[1].startswith("  vision/full,lr=0.01: 3 seeds; accuracy 0.71 ± 0.0058 "
+                               "[lr chosen on validation from 0.001, 0.01, 0.1]")
+    assert lines[-1] == "grids: 1; configurations: 1; min seeds per configuration: 3"
+
+
+def test_a_choice_at_the_edge_of_the_range_is_flagged(tmp_path):
+    grid = sweep_grid([])
+    records = [{"task": "vision", "strategy": "full", "seed": 0, "key": f"k{lr}",
+                "config": f"vision/full,lr={lr}", "hparams": {"lr": lr},
+                "sweep": {"name": "vision/full", "param": "lr", "values": [0.001, 0.01, 0.1]},
+                "val": [{"accuracy": acc}], "best_epoch": 0, "test": {"accuracy": acc}}
+               for lr, acc in ((0.001, 0.9), (0.01, 0.8), (0.1, 0.7))]
+    assert experiments.chosen_value(grid.sweeps[0], records, "accuracy") == 0.001
+    path = tmp_path / "swept.jsonl"
+    for r in records:
+        experiments.append(path, r)
+    assert "(at the edge of the range)" in experiments.summary(tmp_path, grids={})[1]

@@ -1,0 +1,233 @@
+"""The book's experiment grids: each strategy on each task, in its model's regime, replicated.
+
+One grid per task. A run trains one strategy at one learning rate from one seed and returns its
+per-epoch validation metrics and its test metrics (:mod:`finetune_helpers.experiments` stores
+them). The protocol, stated once here and on the pages that show the results:
+
+* **Data.** Vision: Fashion-MNIST at 96 px (EfficientNet-Lite0's last stage then sees 3x3
+  maps), 1,000 training images drawn by the seed, a fixed validation set of 500 carved from the
+  official training split, a fixed test set of 2,000 from the official test split (balanced).
+* **Seed.** Changes the training subset, the new head's initialisation, the data order and
+  dropout. Validation and test sets never change.
+* **Recipe.** AdamW (weight decay 0.01), the new head at 10x the body's rate, every BatchNorm
+  in inference mode (:mod:`finetune_helpers.recipe`), batch 32.
+* **Stopping.** Score the validation set after every epoch; stop after 2 epochs without a
+  better validation accuracy (gradual schedules: not before every block trains), at most
+  :attr:`Regime.max_epochs`; test the weights of the best epoch (the ``EarlyStopping`` rule).
+* **Learning rate.** Chosen on validation from three values at seed 0; seeds 1 and 2 run at
+  the chosen value (:class:`finetune_helpers.experiments.Sweep`).
+* **Caching.** When a strategy keeps the bottom blocks frozen for the whole run, their outputs
+  are computed once per data set (frozen blocks in inference mode give the same output every
+  epoch) and only the upper blocks run in training; the result is the same training, faster.
+
+Run a grid with ``python -m finetune_helpers.experiments run vision`` (resumable).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_helpers.experiments import Grid, RunSpec, Sweep
+
+#: Learning rates every strategy chooses from (the head trains at 10x these).
+LEARNING_RATES = (1e-4, 3e-4, 1e-3)
+#: Inverse regularisation strengths the raw-pixel logistic regression chooses from.
+LOGREG_C = (0.01, 0.1, 1.0)
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Data sizes and the training budget of one task's grid."""
+
+    n_train: int
+    n_val: int
+    n_test: int
+    batch_size: int
+    max_epochs: int
+    patience: int
+    image_size: int | None = None
+    max_length: int | None = None
+
+
+VISION = Regime(n_train=1000, n_val=500, n_test=2000, batch_size=32, max_epochs=8, patience=2,
+                image_size=96)
+#: EfficientNet-Lite0's blocks: stem, stage1..stage7, head_conv, fc (fc = the new head).
+VISION_BLOCKS = 10
+
+#: Vision strategies: name -> (what trains, first block index that ever trains).
+VISION_STRATEGIES = {
+    "head": "the new head only (linear probe on frozen features)",
+    "top_n": "the head and the top n = 2 blocks (stage7, head_conv)",
+    "freeze_bottom": "all but the bottom k = 4 blocks (stem..stage3 frozen)",
+    "full": "every block",
+    "gradual_ulmfit": "ULMFiT's top-down gradual unfreezing: one more block per epoch",
+    "gradual_bottom_up": "chain-thaw, bottom-up: the head, then each block alone from the "
+                         "stem upward, then all (the article's 逐层微调)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision: data, model pieces, one run.
+
+@functools.lru_cache(maxsize=2)
+def vision_data(seed: int) -> dict[str, Any]:
+    """The train / validation / test image sets of ``seed`` (validation and test are fixed)."""
+    from finetune_helpers import data
+
+    r = VISION
+    return data.fashion_mnist_splits(r.n_train, r.n_val, r.n_test, r.image_size, seed)
+
+
+def _vision_prefix(net: Any, start: int) -> Any:
+    """A function computing the output of blocks ``0..start-1`` (the frozen bottom)."""
+    def run(x: Any) -> Any:
+        if start >= VISION_BLOCKS - 1:  # everything below fc: the pooled features
+            return net.forward_features(x)
+        h = net.stem(x)
+        for i, stage in enumerate(net.stages, 1):
+            if i >= start:
+                break
+            h = stage(h)
+        return h
+
+    return run
+
+
+def _vision_suffix(net: Any, start: int) -> Any:
+    """A Layer running blocks ``start..`` of ``net`` on the prefix's output (shares weights)."""
+    import paddle
+
+    class Suffix(paddle.nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, h: Any) -> Any:
+            n = self.net
+            if start < VISION_BLOCKS - 1:
+                for i, stage in enumerate(n.stages, 1):
+                    if i >= start:
+                        h = stage(h)
+                h = paddle.flatten(n.pool(n.head(h)), 1)
+            return n.fc(n.dropout(h))
+
+    return Suffix()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_split(split: str, seed: int, start: int) -> Any:
+    """Frozen-bottom outputs of one data set (validation/test: the same for every seed)."""
+    from finetune_helpers import data, features, recipe, zoo
+
+    data_seed = seed if split == "train" else 0
+    images = vision_data(data_seed)[split]
+    net = zoo.load_model("efficientnet_lite0", num_classes=10)
+    recipe.batchnorm_inference(net)
+    loader = data.make_loader(images, 64)
+    feats, labels = features.extract_features(_vision_prefix(net, start), loader, model=net,
+                                              progress=False)
+    return features.FeatureDataset(feats, labels)
+
+
+def _history_record(history: Any, stopper: Any) -> dict[str, Any]:
+    val = [{"epoch": e["epoch"], "accuracy": e["eval_accuracy"], "loss": e["eval_loss"],
+            "train_loss": e["train_loss"], "seconds": round(e["seconds"] + e["eval_seconds"], 2)}
+           for e in history.epochs]
+    return {"val": val, "best_epoch": stopper.best_epoch, "epochs": len(val),
+            "steps": int(sum(e["steps"] for e in history.epochs))}
+
+
+def train_vision(spec: RunSpec) -> dict[str, Any]:
+    """Train one vision run of the grid and return its record's results."""
+    from finetune_helpers import callbacks, data, recipe, strategies, train, zoo
+
+    if spec.strategy == "pixels_logreg":
+        return _pixels_logreg(spec)
+    hp = dict(spec.hparams)
+    lr = float(hp["lr"])
+    net = zoo.load_model("efficientnet_lite0", num_classes=10)  # head seeded by the run's seed
+    recipe.batchnorm_inference(net)  # the recipe first: the strategies keep it
+    extra: list[Any] = []
+    min_epochs = 0
+    start = 0  # the first block that ever trains; the ones below are computed once
+    if spec.strategy == "full":
+        strategies.fine_tune_all(net)
+    elif spec.strategy == "head":
+        strategies.new_head_only(net)
+        start = VISION_BLOCKS - 1
+    elif spec.strategy == "top_n":
+        strategies.train_top(net, int(hp["n"]))
+        start = VISION_BLOCKS - 1 - int(hp["n"])
+    elif spec.strategy == "freeze_bottom":
+        strategies.freeze_bottom(net, int(hp["k"]))
+        start = int(hp["k"])
+    elif spec.strategy in ("gradual_ulmfit", "gradual_bottom_up"):
+        mode = "ulmfit" if spec.strategy == "gradual_ulmfit" else "chain_thaw"
+        schedule = strategies.GradualUnfreezing(net, mode=mode)
+        extra.append(schedule)
+        min_epochs = schedule.epochs_to_full
+    else:
+        raise ValueError(f"unknown vision strategy {spec.strategy!r}; known: "
+                         f"{', '.join(VISION_STRATEGIES)}, pixels_logreg")
+    optimizer = recipe.optimizer(net, lr, net.fc)
+    r = VISION
+    max_epochs = max(r.max_epochs, min_epochs + r.patience)
+    if start:
+        model = _vision_suffix(net, start)
+        sets = {s: _cached_split(s, spec.seed, start) for s in ("train", "validation", "test")}
+    else:
+        model = net
+        sets = vision_data(spec.seed)
+    train_loader = data.make_loader(sets["train"], r.batch_size, shuffle=True, seed=spec.seed)
+    val_loader = data.make_loader(sets["validation"], 64)
+    test_loader = data.make_loader(sets["test"], 64)
+    stopper = callbacks.EarlyStopping("eval_accuracy", patience=r.patience,
+                                      min_epochs=min_epochs)
+    history = train.fit(model, train_loader, optimizer, max_epochs, eval_loader=val_loader,
+                        callbacks=[*extra, stopper], seed=spec.seed, progress=False)
+    test = train.evaluate(model, test_loader, progress=False)
+    trainable, total = strategies.count_parameters(net)
+    return {**_history_record(history, stopper),
+            "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
+            "trainable_params": trainable, "total_params": total,
+            "cached_blocks": start}
+
+
+def _pixels_logreg(spec: RunSpec) -> dict[str, Any]:
+    """The linear baseline: logistic regression on the raw 28x28 pixels (0..1)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from finetune_helpers import data
+
+    r = VISION
+    sets = data.fashion_mnist_splits(r.n_train, r.n_val, r.n_test, 28, spec.seed,
+                                     normalize="unit", channels=1)
+    arrays = {}
+    for split, ds in sets.items():
+        images, labels = ds.arrays()
+        arrays[split] = (images.reshape(len(images), -1).astype(np.float64), labels)
+    clf = LogisticRegression(C=float(dict(spec.hparams)["C"]), max_iter=2000)
+    clf.fit(*arrays["train"])
+    val_acc = float(clf.score(*arrays["validation"]))
+    return {"val": [{"epoch": 0, "accuracy": val_acc}], "best_epoch": 0, "epochs": 1,
+            "steps": int(clf.n_iter_.max()),
+            "test": {"accuracy": float(clf.score(*arrays["test"]))}}
+
+
+def vision_grid() -> Grid:
+    """Six strategies and the raw-pixel baseline on Fashion-MNIST at 96 px."""
+    sweeps = [Sweep.make("vision", "pixels_logreg", LOGREG_C, param="C")]
+    for name in VISION_STRATEGIES:
+        extra = {"n": 2} if name == "top_n" else {"k": 4} if name == "freeze_bottom" else {}
+        sweeps.append(Sweep.make("vision", name, LEARNING_RATES, **extra))
+    return Grid("vision", [], train_vision, "EfficientNet-Lite0 -> Fashion-MNIST, 96 px",
+                sweeps=sweeps, seeds=SEEDS)
+
+
+def registry() -> dict[str, Grid]:
+    """Every grid of the book, by name."""
+    return {g.name: g for g in (vision_grid(),)}
