@@ -228,6 +228,199 @@ def vision_grid() -> Grid:
                 sweeps=sweeps, seeds=SEEDS)
 
 
+# ---------------------------------------------------------------------------------------------
+# Text: MiniLM on English tweets (and, with the same code, a Chinese encoder on reviews).
+
+TEXT = Regime(n_train=1000, n_val=500, n_test=1500, batch_size=32, max_epochs=6, patience=2,
+              max_length=64)
+#: LoRA and BitFit train few parameters and choose from higher rates.
+PEFT_LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """A text classification task of the grids: its model and its labelled corpus."""
+
+    model: str
+    dataset: str  # a function of finetune_helpers.data: tweets, chinese_reviews
+    num_classes: int
+
+
+TEXT_TASKS = {"text": TextTask("minilm_l6", "tweets", 3)}
+
+#: Text strategies (blocks: embeddings, encoder.layers.0..5, classifier).
+TEXT_STRATEGIES = {
+    "head": "the new head only (linear probe on frozen mean-pooled vectors)",
+    "top_n": "the head and the top n = 2 Transformer layers",
+    "freeze_bottom": "all but the bottom k = 4 blocks (embeddings and layers 0-2 frozen)",
+    "full": "every block",
+    "gradual_ulmfit": "ULMFiT's top-down gradual unfreezing: one more block per epoch",
+    "gradual_bottom_up": "chain-thaw, bottom-up: the head, then each block alone from the "
+                         "embeddings upward, then all (the article's 逐层微调)",
+    "lora": "LoRA (r = 8, alpha = 16) on W_q and W_v, and the head",
+    "bitfit": "BitFit: every bias of the encoder, and the head",
+}
+
+
+@functools.lru_cache(maxsize=2)
+def text_data(task: str, seed: int) -> dict[str, Any]:
+    """Train (``seed``'s subset) / validation / test sets of a text task (the last two fixed)."""
+    from finetune_helpers import data
+
+    load = getattr(data, TEXT_TASKS[task].dataset)
+    r = TEXT
+    return {"train": load("train", n=r.n_train, seed=seed),
+            "validation": load("validation", n=r.n_val, seed=0),
+            "test": load("test", n=r.n_test, seed=0)}
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model: str) -> Any:
+    from finetune_helpers import zoo
+
+    return zoo.load_tokenizer(model)
+
+
+def text_model(task: str, seed: int) -> Any:
+    """The pretrained encoder of ``task`` with a new mean-pooling head seeded by ``seed``."""
+    from finetune_helpers import zoo
+    from finetune_helpers.heads import MeanPoolClassifier
+
+    t = TEXT_TASKS[task]
+    return MeanPoolClassifier(zoo.load_model(t.model), t.num_classes, seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _pooled_split(task: str, split: str, seed: int) -> Any:
+    """Mean-pooled vectors of the frozen encoder (inference mode) for one data set."""
+    from finetune_helpers import data, features
+
+    texts = text_data(task, seed if split == "train" else 0)[split]
+    model = text_model(task, 0)
+    loader = data.make_loader(texts, 64, collate_fn=data.TextCollate(
+        _tokenizer(TEXT_TASKS[task].model), TEXT.max_length))
+    feats, labels = features.extract_features(model.pooled, loader, progress=False)
+    return features.FeatureDataset(feats, labels)
+
+
+def _lora(model: Any) -> Any:
+    from paddlenlp.peft import LoRAConfig, LoRAModel
+
+    config = LoRAConfig(target_modules=[r".*\.q_proj", r".*\.v_proj"], r=8, lora_alpha=16,
+                        trainable_modules=[r"classifier\..*"], tensor_parallel_degree=1)
+    return LoRAModel(model, config)
+
+
+def train_text(spec: RunSpec) -> dict[str, Any]:
+    """Train one text run of the grid and return its record's results."""
+    from finetune_helpers import callbacks, data, heads, recipe, strategies, train
+
+    if spec.strategy == "probe_logreg":
+        return _probe_logreg(spec)
+    hp = dict(spec.hparams)
+    lr = float(hp["lr"])
+    r = TEXT
+    net = text_model(spec.task, spec.seed)
+    blocks = net.blocks()
+    model: Any = net
+    extra: list[Any] = []
+    min_epochs = 0
+    cached = False
+    if spec.strategy == "full":
+        strategies.train_blocks(net, [n for n, _ in blocks], blocks=blocks)
+    elif spec.strategy == "head":
+        strategies.new_head_only(net, blocks=blocks)
+        model, cached = heads.LinearHead(net), True
+    elif spec.strategy == "top_n":
+        strategies.train_top(net, int(hp["n"]), blocks=blocks)
+    elif spec.strategy == "freeze_bottom":
+        strategies.freeze_bottom(net, int(hp["k"]), blocks=blocks)
+    elif spec.strategy in ("gradual_ulmfit", "gradual_bottom_up"):
+        mode = "ulmfit" if spec.strategy == "gradual_ulmfit" else "chain_thaw"
+        schedule = strategies.GradualUnfreezing(net, mode=mode, blocks=blocks)
+        extra.append(schedule)
+        min_epochs = schedule.epochs_to_full
+    elif spec.strategy == "lora":
+        model = _lora(net)  # marks only the adapters and the classifier as trainable
+    elif spec.strategy == "bitfit":
+        head_ids = {id(p) for p in net.classifier.parameters()}
+        for name, p in net.named_parameters():
+            p.stop_gradient = not (name.endswith(".bias") or id(p) in head_ids)
+        for p in net.encoder.pooler.parameters() if hasattr(net.encoder, "pooler") else []:
+            p.stop_gradient = True  # unused by mean pooling
+    else:
+        raise ValueError(f"unknown text strategy {spec.strategy!r}; known: "
+                         f"{', '.join(TEXT_STRATEGIES)}, probe_logreg")
+    optimizer = recipe.optimizer(model, lr, net.classifier)
+    if cached:
+        sets = {s: _pooled_split(spec.task, s, spec.seed) for s in ("train", "validation", "test")}
+        collate = None
+    else:
+        sets = text_data(spec.task, spec.seed)
+        collate = data.TextCollate(_tokenizer(TEXT_TASKS[spec.task].model), r.max_length)
+    train_loader = data.make_loader(sets["train"], r.batch_size, shuffle=True, seed=spec.seed,
+                                    collate_fn=collate)
+    val_loader = data.make_loader(sets["validation"], 64, collate_fn=collate)
+    test_loader = data.make_loader(sets["test"], 64, collate_fn=collate)
+    stopper = callbacks.EarlyStopping("eval_accuracy", patience=r.patience,
+                                      min_epochs=min_epochs)
+    max_epochs = max(r.max_epochs, min_epochs + r.patience)
+    history = train.fit(model, train_loader, optimizer, max_epochs, eval_loader=val_loader,
+                        callbacks=[*extra, stopper], seed=spec.seed, progress=False)
+    test = train.evaluate(model, test_loader, progress=False)
+    trainable, total = strategies.count_parameters(net)
+    result = {**_history_record(history, stopper),
+              "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
+              "trainable_params": trainable, "total_params": total, "cached_blocks": int(cached)}
+    if spec.strategy == "lora":
+        result["lora_delta_norm"] = _lora_delta_norm(net)
+    return result
+
+
+def _lora_delta_norm(net: Any) -> float:
+    """Frobenius norm of the summed LoRA updates (alpha / r) A B over all adapted matrices:
+    zero at the start (B = 0), so it shows whether the adapters learned at all."""
+    import paddle
+
+    total = 0.0
+    for layer in net.sublayers():
+        if hasattr(layer, "lora_A") and hasattr(layer, "lora_B"):
+            delta = paddle.matmul(layer.lora_A, layer.lora_B) * layer.scaling
+            total += float((delta * delta).sum())
+    return round(total ** 0.5, 6)
+
+
+def _probe_logreg(spec: RunSpec) -> dict[str, Any]:
+    """The linear baseline: logistic regression on the frozen encoder's mean-pooled vectors."""
+    from sklearn.linear_model import LogisticRegression
+
+    arrays = {s: (ds.features.astype("float64"), ds.labels)
+              for s in ("train", "validation", "test")
+              for ds in [_pooled_split(spec.task, s, spec.seed)]}
+    clf = LogisticRegression(C=float(dict(spec.hparams)["C"]), max_iter=5000)
+    clf.fit(*arrays["train"])
+    val_acc = float(clf.score(*arrays["validation"]))
+    return {"val": [{"epoch": 0, "accuracy": val_acc}], "best_epoch": 0, "epochs": 1,
+            "steps": int(clf.n_iter_.max()),
+            "test": {"accuracy": float(clf.score(*arrays["test"]))}}
+
+
+#: Inverse regularisation strengths of the frozen-probe logistic regression.
+PROBE_C = (0.1, 1.0, 10.0)
+
+
+def text_grid(task: str = "text") -> Grid:
+    """Eight strategies and the frozen mean-pooled probe on one text task."""
+    sweeps = [Sweep.make(task, "probe_logreg", PROBE_C, param="C")]
+    for name in TEXT_STRATEGIES:
+        extra = {"n": 2} if name == "top_n" else {"k": 4} if name == "freeze_bottom" else {}
+        rates = PEFT_LEARNING_RATES if name in ("lora", "bitfit") else LEARNING_RATES
+        sweeps.append(Sweep.make(task, name, rates, **extra))
+    t = TEXT_TASKS[task]
+    return Grid(task, [], train_text, f"{t.model} -> {t.dataset}, mean pooling",
+                sweeps=sweeps, seeds=SEEDS)
+
+
 def registry() -> dict[str, Grid]:
     """Every grid of the book, by name."""
-    return {g.name: g for g in (vision_grid(),)}
+    return {g.name: g for g in (vision_grid(), text_grid("text"))}
