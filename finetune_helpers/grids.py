@@ -140,8 +140,11 @@ def _history_record(history: Any, stopper: Any) -> dict[str, Any]:
             "steps": int(sum(e["steps"] for e in history.epochs))}
 
 
-def train_vision(spec: RunSpec) -> dict[str, Any]:
-    """Train one vision run of the grid and return its record's results."""
+def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
+    """Train one vision run of the grid and return its record's results.
+
+    ``max_epochs`` overrides the epoch limit (the drift test re-runs first epochs only).
+    """
     from finetune_helpers import callbacks, data, recipe, strategies, train, zoo
 
     if spec.strategy == "pixels_logreg":
@@ -174,7 +177,8 @@ def train_vision(spec: RunSpec) -> dict[str, Any]:
                          f"{', '.join(VISION_STRATEGIES)}, pixels_logreg")
     optimizer = recipe.optimizer(net, lr, net.fc)
     r = VISION
-    max_epochs = max(r.max_epochs, min_epochs + r.patience)
+    if max_epochs is None:
+        max_epochs = max(r.max_epochs, min_epochs + r.patience)
     if start:
         model = _vision_suffix(net, start)
         sets = {s: _cached_split(s, spec.seed, start) for s in ("train", "validation", "test")}
@@ -311,8 +315,9 @@ def _lora(model: Any) -> Any:
     return LoRAModel(model, config)
 
 
-def train_text(spec: RunSpec) -> dict[str, Any]:
-    """Train one text run of the grid and return its record's results."""
+def train_text(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
+    """Train one text run of the grid and return its record's results (``max_epochs``: as in
+    :func:`train_vision`)."""
     from finetune_helpers import callbacks, data, heads, recipe, strategies, train
 
     if spec.strategy == "probe_logreg":
@@ -364,7 +369,8 @@ def train_text(spec: RunSpec) -> dict[str, Any]:
     test_loader = data.make_loader(sets["test"], 64, collate_fn=collate)
     stopper = callbacks.EarlyStopping("eval_accuracy", patience=r.patience,
                                       min_epochs=min_epochs)
-    max_epochs = max(r.max_epochs, min_epochs + r.patience)
+    if max_epochs is None:
+        max_epochs = max(r.max_epochs, min_epochs + r.patience)
     history = train.fit(model, train_loader, optimizer, max_epochs, eval_loader=val_loader,
                         callbacks=[*extra, stopper], seed=spec.seed, progress=False)
     test = train.evaluate(model, test_loader, progress=False)

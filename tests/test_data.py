@@ -256,3 +256,18 @@ def test_make_loader_seeded(tokenizer):
     assert sum(order(plain), []) == ds.labels.tolist()
     x, y = next(iter(data.make_loader(data.fashion_mnist("test", n=8), 4)))
     assert x.shape == [4, 3, 64, 64] and x.dtype == paddle.float32 and y.dtype == paddle.int64
+
+
+def test_experiment_splits_fix_validation_and_test_and_draw_training_by_seed():
+    a = data.fashion_mnist_splits(200, 100, 100, 28, seed=0, normalize="unit", channels=1)
+    b = data.fashion_mnist_splits(200, 100, 100, 28, seed=1, normalize="unit", channels=1)
+    for split in ("validation", "test"):      # the same examples for every seed
+        np.testing.assert_array_equal(a[split].images, b[split].images)
+    assert not np.array_equal(a["train"].images, b["train"].images)
+    assert [len(a[s]) for s in ("train", "validation", "test")] == [200, 100, 100]
+    assert np.bincount(a["train"].labels).tolist() == [20] * 10      # balanced
+    # No validation image is a training image (both come from the official training split).
+    val = {img.tobytes() for img in a["validation"].images}
+    assert not any(img.tobytes() in val for img in a["train"].images)
+    with pytest.raises(ValueError, match="n_val must be a positive int"):
+        data.fashion_mnist_splits(10, 0, 10, 28)
