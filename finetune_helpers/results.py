@@ -1,0 +1,188 @@
+"""Replicated results as tables and plots: what the chapters show from ``book/results/``.
+
+A chapter does not re-run the grid (hours on a laptop); it reads the stored records
+(:mod:`finetune_helpers.experiments`) and renders them: per strategy the mean test accuracy
+over seeds with its standard error, the seed-paired difference from a reference strategy with
+its 95 % interval, and a verdict that follows the book's rule: a ranking only where the paired
+interval excludes zero, otherwise "no difference detected at this precision".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from finetune_helpers import experiments
+from finetune_helpers.experiments import Estimate
+
+#: How each strategy of the grids is named on the page (English, Chinese).
+LABELS = {
+    "full": ("fine-tune all layers", "微调所有层"),
+    "top_n": ("fine-tune the top layers", "微调顶层"),
+    "freeze_bottom": ("freeze the bottom layers", "冻结底层"),
+    "gradual_ulmfit": ("gradual unfreezing, top-down (ULMFiT)", "逐层微调（自顶向下）"),
+    "gradual_bottom_up": ("layer-wise, bottom-up (chain-thaw)", "逐层微调（自底向上）"),
+    "head": ("new head only (transfer learning)", "迁移学习（只训新头）"),
+    "lora": ("LoRA r=8", "低秩适配"),
+    "bitfit": ("BitFit (biases)", "只训偏置"),
+    "pixels_logreg": ("baseline: logistic regression on raw pixels", "基线：像素逻辑回归"),
+    "probe_logreg": ("baseline: logistic regression on frozen mean-pooled vectors",
+                     "基线：冻结特征逻辑回归"),
+}
+#: Strategies that are baselines rather than fine-tuning.
+BASELINES = ("pixels_logreg", "probe_logreg")
+
+
+@dataclass
+class Row:
+    """One reported configuration of a grid, summarised over its seeds."""
+
+    strategy: str
+    config: str
+    accuracy: Estimate            # test accuracy, in percent
+    difference: Estimate | None   # seed-paired difference from the reference, in points
+    seeds: list[int]
+    lr: Any
+    trainable_params: int | None
+    epochs: float | None
+    wall_s: float
+    memory_mib: float | None      # peak RSS during the run minus RSS at its start, mean
+
+    @property
+    def label(self) -> str:
+        english, chinese = LABELS.get(self.strategy, (self.strategy, ""))
+        return f"{english} ({chinese})" if chinese else english
+
+    def verdict(self, reference: str) -> str:
+        """The sentence the book may write about this row against ``reference``."""
+        d = self.difference
+        if d is None:
+            return "reference" if self.strategy == reference else ""
+        if d.n < 2:
+            return "one seed: no interval"
+        if d.excludes_zero:
+            word = "better" if d.mean > 0 else "worse"
+            return f"{word} than {LABELS.get(reference, (reference,))[0]}"
+        return "no difference detected at this precision"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
+         results_dir: Path | None = None) -> list[Row]:
+    """The reported configurations of ``grid`` (chosen learning rates only), in grid order."""
+    records = experiments.load(experiments.results_path(grid, results_dir))
+    if not records:
+        raise FileNotFoundError(
+            f"no records for grid {grid!r} in {experiments.results_path(grid, results_dir)}; "
+            f"run `python -m finetune_helpers.experiments run {grid}` first")
+    shown, _ = experiments.reported(records, metric)
+    by_strategy = {runs[0]["strategy"]: (config, runs) for config, runs in shown.items()}
+    ref = by_strategy.get(reference)
+    out = []
+    for strategy, (config, runs) in by_strategy.items():
+        scores = {r["seed"]: 100.0 * float(r["test"][metric]) for r in runs}
+        diff = None
+        if ref is not None and strategy != reference:
+            ref_scores = {r["seed"]: 100.0 * float(r["test"][metric]) for r in ref[1]}
+            seeds = sorted(set(scores) & set(ref_scores))
+            if seeds:
+                diff = experiments.mean_se([scores[s] - ref_scores[s] for s in seeds])
+        sweep = runs[0].get("sweep") or {}
+        out.append(Row(
+            strategy=strategy, config=config,
+            accuracy=experiments.mean_se([scores[s] for s in sorted(scores)]),
+            difference=diff, seeds=sorted(scores),
+            lr=runs[0]["hparams"].get(sweep.get("param", "lr")),
+            trainable_params=runs[0].get("trainable_params"),
+            epochs=_mean([r.get("epochs") for r in runs]),
+            wall_s=_mean([r["wall_s"] for r in runs]) or 0.0,
+            memory_mib=_mean([r["peak_rss_mib"] - r["start_rss_mib"] for r in runs
+                              if r.get("start_rss_mib") is not None])))
+    return out
+
+
+def _interval(e: Estimate) -> str:
+    if e.n < 2:
+        return f"{e.mean:+.1f} (one seed)"
+    return f"{e.mean:+.1f} [{e.low:+.1f}, {e.high:+.1f}]"
+
+
+def markdown(table: Sequence[Row], *, reference: str = "full") -> str:
+    """A Markdown table: strategy, test accuracy mean ± s.e., paired difference with its 95 %
+    interval, verdict, chosen learning rate, trainable parameters, epochs, time per run."""
+    head = ("| strategy | test accuracy (%) | vs. reference (points, 95 % CI) | verdict | "
+            "chosen rate | trainable | epochs | s / run |")
+    lines = [head, "|" + "---|" * 8]
+    for r in table:
+        diff = _interval(r.difference) if r.difference is not None else "—"
+        trainable = f"{r.trainable_params:,}" if r.trainable_params else "—"
+        epochs = f"{r.epochs:.1f}" if r.epochs is not None else "—"
+        lines.append(f"| {r.label} | {r.accuracy.mean:.1f} ± {r.accuracy.se:.1f} (n={r.accuracy.n})"
+                     f" | {diff} | {r.verdict(reference)} | {r.lr:g} | {trainable} | {epochs} | "
+                     f"{r.wall_s:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path | None = None,
+         metric: str = "accuracy", title: str | None = None) -> Any:
+    """Each seed's test accuracy (dots) and the mean with its 95 % interval (bar), per strategy;
+    baselines as dashed lines. Returns the matplotlib Axes."""
+    import matplotlib.pyplot as plt
+
+    records = experiments.load(experiments.results_path(grid, results_dir))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 0.5 * len(table) + 1.5))
+    fine_tuned = [r for r in table if r.strategy not in BASELINES]
+    for y, row in enumerate(fine_tuned):
+        per_seed = [100.0 * float(rec["test"][metric]) for rec in records
+                    if rec["config"] == row.config]
+        ax.scatter(per_seed, [y] * len(per_seed), color="tab:blue", alpha=0.6, s=25, zorder=3)
+        e = row.accuracy
+        if e.n > 1:
+            ax.errorbar([e.mean], [y], xerr=[[e.mean - e.low], [e.high - e.mean]], fmt="s",
+                        color="black", capsize=4, zorder=4)
+    for k, row in enumerate(r for r in table if r.strategy in BASELINES):
+        ax.axvline(row.accuracy.mean, color=f"C{k + 1}", linestyle="--", linewidth=1,
+                   label=f"{LABELS[row.strategy][0]}: {row.accuracy.mean:.1f} %")
+    ax.set_yticks(range(len(fine_tuned)), [r.label for r in fine_tuned])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test {metric} (%): seeds (dots), mean and 95 % interval (black)")
+    if title:
+        ax.set_title(title)
+    if any(r.strategy in BASELINES for r in table):
+        ax.legend(loc="lower right", fontsize="small")
+    return ax
+
+
+def paired(grid: str, a: str, b: str, *, metric: str = "accuracy",
+           results_dir: Path | None = None) -> Estimate:
+    """Strategy ``a`` minus strategy ``b`` (test ``metric`` in points), paired by seed."""
+    records = experiments.load(experiments.results_path(grid, results_dir))
+    shown, _ = experiments.reported(records, metric)
+    config = {runs[0]["strategy"]: c for c, runs in shown.items()}
+    missing = [s for s in (a, b) if s not in config]
+    if missing:
+        raise KeyError(f"grid {grid!r} has no reported results for {missing}; "
+                       f"known: {sorted(config)}")
+    d = experiments.paired_difference(records, config[a], config[b], metric)
+    return Estimate(100.0 * d.mean, 100.0 * d.se, d.n)
+
+
+def compare(grid: str, a: str, b: str, *, metric: str = "accuracy",
+            results_dir: Path | None = None) -> str:
+    """One sentence comparing strategies ``a`` and ``b`` by their seed-paired difference."""
+    d = paired(grid, a, b, metric=metric, results_dir=results_dir)
+    name_a, name_b = LABELS.get(a, (a,))[0], LABELS.get(b, (b,))[0]
+    if d.n < 2:
+        return f"{name_a} vs {name_b}: {d.mean:+.1f} points on one seed (no interval)"
+    span = f"95 % CI {d.low:+.1f} to {d.high:+.1f}, {d.n} paired seeds"
+    if d.excludes_zero:
+        word = "better" if d.mean > 0 else "worse"
+        return f"{name_a} is {word} than {name_b}: {d.mean:+.1f} points ({span})"
+    return (f"{name_a} vs {name_b}: no difference detected at this precision, "
+            f"{d.mean:+.1f} points ({span})")

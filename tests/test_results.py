@@ -1,0 +1,71 @@
+"""Tables from stored runs: chosen rates only, paired differences, verdicts by the interval rule."""
+
+import math
+
+import pytest
+
+from finetune_helpers import experiments, results
+
+
+def record(strategy, seed, acc, lr=1e-3, values=(1e-3,), **extra):
+    sweep = {"name": f"vision/{strategy}", "param": "lr", "values": list(values)}
+    return {"grid": "g", "task": "vision", "strategy": strategy, "seed": seed,
+            "key": f"vision/{strategy},lr={lr}/seed={seed}", "config": f"vision/{strategy},lr={lr}",
+            "hparams": {"lr": lr}, "sweep": sweep, "val": [{"accuracy": acc}], "best_epoch": 0,
+            "test": {"accuracy": acc}, "wall_s": 10.0, "peak_rss_mib": 900.0,
+            "start_rss_mib": 800.0, "epochs": 3, "trainable_params": 1000, **extra}
+
+
+@pytest.fixture
+def stored(tmp_path):
+    path = tmp_path / "g.jsonl"
+    recs = [record("full", s, a) for s, a in enumerate((0.70, 0.72, 0.74))]
+    recs += [record("top_n", s, a) for s, a in enumerate((0.75, 0.78, 0.80))]     # +5.7, tight
+    recs += [record("head", s, a) for s, a in enumerate((0.60, 0.80, 0.71))]      # noisy
+    # A losing learning rate of "head": selection only, never in the table.
+    recs.append(record("head", 0, 0.10, lr=1e-4, values=(1e-4, 1e-3)))
+    for r in recs:
+        if r["strategy"] == "head":
+            r["sweep"]["values"] = [1e-4, 1e-3]
+        experiments.append(path, r)
+    return tmp_path
+
+
+def test_rows_show_the_chosen_rate_and_paired_differences(stored):
+    table = results.rows("g", results_dir=stored)
+    by = {r.strategy: r for r in table}
+    assert set(by) == {"full", "top_n", "head"}
+    assert by["head"].lr == 1e-3 and by["head"].accuracy.n == 3      # 1e-4 lost the selection
+    assert by["top_n"].accuracy.mean == pytest.approx(77.666, abs=1e-2)
+    d = by["top_n"].difference
+    assert d.mean == pytest.approx(5.666, abs=1e-2) and d.excludes_zero
+    assert by["top_n"].verdict("full") == "better than fine-tune all layers"
+    assert by["head"].verdict("full") == "no difference detected at this precision"
+    assert by["full"].verdict("full") == "reference"
+    assert by["full"].memory_mib == 100.0
+
+
+def test_markdown_and_compare_say_only_what_the_interval_supports(stored):
+    table = results.rows("g", results_dir=stored)
+    text = results.markdown(table)
+    assert "| fine-tune the top layers (微调顶层) | 77.7 ± 1.5 (n=3) | +5.7 [" in text
+    sentence = results.compare("g", "head", "full", results_dir=stored)
+    assert sentence.startswith("new head only (transfer learning) vs fine-tune all layers: "
+                               "no difference detected at this precision")
+    assert results.compare("g", "top_n", "full", results_dir=stored).startswith(
+        "fine-tune the top layers is better than fine-tune all layers: +5.7 points")
+    with pytest.raises(KeyError, match="no reported results for \\['lora'\\]"):
+        results.compare("g", "lora", "full", results_dir=stored)
+
+
+def test_missing_results_name_the_command_that_makes_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="experiments run nothing"):
+        results.rows("nothing", results_dir=tmp_path)
+
+
+def test_plot_draws_every_seed(stored):
+    import matplotlib
+    matplotlib.use("Agg")
+    ax = results.plot(results.rows("g", results_dir=stored), grid="g", results_dir=stored)
+    points = sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
+    assert points >= 9 and not math.isnan(points)
