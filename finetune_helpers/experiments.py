@@ -76,9 +76,12 @@ class RunSpec:
 class Sweep:
     """A configuration whose ``param`` (the learning rate) is chosen on validation.
 
-    The protocol: at the grid's first seed, one run per value in ``values``; the value whose run
-    scores best on validation (at its best epoch; ties go to the value listed first) is the
-    configuration's; the other seeds then run at that value only.
+    The protocol: at the grid's first seed, one run per value in ``values`` (ascending); the
+    value whose run scores best on validation (at its best epoch; ties go to the smaller value)
+    is the configuration's. If it is the smallest or the largest value tried, the range grows
+    by one more value in that direction (the same ratio as between the first two values),
+    at most ``extend`` times per direction, so a choice at the edge of the range is not taken
+    for an optimum. The other seeds then run at the chosen value only.
     """
 
     task: str
@@ -86,13 +89,15 @@ class Sweep:
     values: tuple[Any, ...]
     param: str = "lr"
     hparams: tuple[tuple[str, Any], ...] = ()
+    extend: int = 1
 
     @classmethod
     def make(cls, task: str, strategy: str, values: Sequence[Any], param: str = "lr",
-             **hparams: Any) -> Sweep:
-        if len(values) < 1 or len(set(values)) != len(values):
-            raise ValueError(f"{task}/{strategy}: values must be distinct, got {values!r}")
-        return cls(task, strategy, tuple(values), param, tuple(sorted(hparams.items())))
+             extend: int = 1, **hparams: Any) -> Sweep:
+        if len(values) < 2 or len(set(values)) != len(values) or list(values) != sorted(values):
+            raise ValueError(f"{task}/{strategy}: values must be at least two distinct values "
+                             f"in ascending order, got {values!r}")
+        return cls(task, strategy, tuple(values), param, tuple(sorted(hparams.items())), extend)
 
     @property
     def name(self) -> str:
@@ -102,6 +107,12 @@ class Sweep:
     def spec(self, grid: str, seed: int, value: Any) -> RunSpec:
         return RunSpec.make(grid, self.task, self.strategy, seed,
                             **dict(self.hparams), **{self.param: value})
+
+    def step(self, value: Any, direction: int) -> Any:
+        """The next value beyond ``value`` (direction -1: smaller, +1: larger), one significant
+        digit: 1e-4 -> 3e-5, 1e-3 -> 3e-3."""
+        ratio = self.values[1] / self.values[0]
+        return float(f"{value * ratio ** direction:.0e}")
 
 
 @dataclass
@@ -139,12 +150,12 @@ class Grid:
             raise ValueError(f"grid {self.name!r} has no seeds")
 
     def planned(self, records: Sequence[dict[str, Any]]) -> list[RunSpec]:
-        """Every run the grid needs, given what is recorded (a sweep's replicates appear once
-        its selection runs are all recorded)."""
+        """Every run the grid needs, given what is recorded (a sweep's extensions and
+        replicates appear once the selection runs they depend on are recorded)."""
         specs = list(self.runs)
         for sweep in self.sweeps:
-            specs += [sweep.spec(self.name, self.seeds[0], v) for v in sweep.values]
-            chosen = chosen_value(sweep, records, self.select)
+            tried, chosen = selection(sweep, records, self.select, self.seeds[0])
+            specs += [sweep.spec(self.name, self.seeds[0], v) for v in tried]
             if chosen is not None:
                 specs += [sweep.spec(self.name, s, chosen) for s in self.seeds[1:]]
         return specs
@@ -161,19 +172,36 @@ def validation_score(record: dict[str, Any], metric: str) -> float:
     return max(float(v[metric]) for v in val)
 
 
+def selection(sweep: Sweep, records: Iterable[dict[str, Any]], metric: str,
+              seed: int | None = None) -> tuple[list[Any], Any | None]:
+    """``(values to try at the selection seed, chosen value or None)`` given the records.
+
+    ``seed``: the selection seed (default: the lowest seed recorded for the sweep, else 0).
+    """
+    mine = [r for r in records if (r.get("sweep") or {}).get("name") == sweep.name]
+    if seed is None:
+        seed = min((r["seed"] for r in mine), default=0)
+    scores = {r["hparams"][sweep.param]: validation_score(r, metric)
+              for r in mine if r["seed"] == seed}
+    tried = list(sweep.values)
+    grown = {-1: 0, 1: 0}
+    while True:
+        if any(v not in scores for v in tried):
+            return tried, None
+        ordered = sorted(tried)
+        best = max(ordered, key=lambda v: (scores[v], -ordered.index(v)))
+        direction = -1 if best == ordered[0] else 1 if best == ordered[-1] else 0
+        if direction == 0 or grown[direction] >= sweep.extend:
+            return tried, best
+        grown[direction] += 1
+        tried.append(sweep.step(best, direction))
+
+
 def chosen_value(sweep: Sweep, records: Iterable[dict[str, Any]], metric: str,
                  seed: int | None = None) -> Any | None:
     """The value of ``sweep.param`` chosen on validation, or ``None`` while selection runs are
-    missing. ``seed``: the selection seed (default: the lowest seed recorded for the sweep)."""
-    mine = [r for r in records if (r.get("sweep") or {}).get("name") == sweep.name]
-    if not mine:
-        return None
-    seed = min(r["seed"] for r in mine) if seed is None else seed
-    by_value = {r["hparams"][sweep.param]: r for r in mine if r["seed"] == seed}
-    if any(v not in by_value for v in sweep.values):
-        return None
-    scores = [validation_score(by_value[v], metric) for v in sweep.values]
-    return sweep.values[scores.index(max(scores))]
+    missing (see :func:`selection`)."""
+    return selection(sweep, list(records), metric, seed)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,8 +281,9 @@ def pending(grid: Grid, results_dir: Path | None = None) -> list[RunSpec]:
 
 def _sweep_of(grid: Grid, spec: RunSpec) -> Sweep | None:
     for sweep in grid.sweeps:
-        if sweep.task == spec.task and sweep.strategy == spec.strategy and \
-                sweep.spec(grid.name, spec.seed, dict(spec.hparams).get(sweep.param)) == spec:
+        value = dict(spec.hparams).get(sweep.param)
+        if sweep.task == spec.task and sweep.strategy == spec.strategy and value is not None \
+                and sweep.spec(grid.name, spec.seed, value) == spec:
             return sweep
     return None
 
@@ -296,7 +325,8 @@ def run_grid(grid: Grid, results_dir: Path | None = None, *, max_runs: int | Non
         record = {"grid": grid.name, "key": spec.key, "config": spec.config, "task": spec.task,
                   "strategy": spec.strategy, "seed": spec.seed, "hparams": dict(spec.hparams),
                   "sweep": {"name": sweep.name, "param": sweep.param,
-                            "values": list(sweep.values)} if sweep else None,
+                            "values": list(sweep.values), "extend": sweep.extend}
+                  if sweep else None,
                   **result, "wall_s": round(seconds, 1),
                   "peak_rss_mib": mem["peak_rss_mib"], "start_rss_mib": mem["start_rss_mib"],
                   **where}
@@ -370,7 +400,8 @@ def _record_sweep(record: dict[str, Any]) -> Sweep | None:
     if not info:
         return None
     return Sweep(record["task"], record["strategy"], tuple(info["values"]), info["param"],
-                 tuple((k, v) for k, v in sorted(record["hparams"].items()) if k != info["param"]))
+                 tuple((k, v) for k, v in sorted(record["hparams"].items()) if k != info["param"]),
+                 info.get("extend", 0))
 
 
 def reported(records: Sequence[dict[str, Any]], metric: str = "accuracy"
@@ -419,10 +450,10 @@ def summary(results_dir: Path | None = None, grids: dict[str, Grid] | None = Non
     for path in files:
         records = load(path)
         grid = grids.get(path.stem)
-        shown, selection = reported(records, grid.select if grid else "accuracy")
+        shown, selection_only = reported(records, grid.select if grid else "accuracy")
         missing = len(pending(grid, results_dir)) if grid else None
         lines.append(f"{path.stem}: {len(records)} runs, {len(shown)} configurations reported, "
-                     f"{sum(map(len, selection.values()))} selection-only runs"
+                     f"{sum(map(len, selection_only.values()))} selection-only runs"
                      + (f", {missing} planned runs not yet recorded" if missing is not None else ""))
         for config, runs in shown.items():
             seeds = len({r["seed"] for r in runs})
@@ -433,10 +464,10 @@ def summary(results_dir: Path | None = None, grids: dict[str, Grid] | None = Non
             note = ""
             if sweep is not None:
                 value = runs[0]["hparams"][sweep.param]
-                edge = " (at the edge of the range)" if len(sweep.values) > 1 and value in (
-                    sweep.values[0], sweep.values[-1]) else ""
+                tried = sorted(selection(sweep, records, grid.select if grid else "accuracy")[0])
+                edge = " (at the edge of the range)" if value in (tried[0], tried[-1]) else ""
                 note = (f" [{sweep.param} chosen on validation from "
-                        f"{', '.join(map(str, sweep.values))}{edge}]")
+                        f"{', '.join(f'{v:g}' for v in tried)}{edge}]")
             lines.append(f"  {config}: {seeds} seeds; {metrics}{note}")
             min_seeds = seeds if min_seeds is None else min(min_seeds, seeds)
         n_configs += len(shown)

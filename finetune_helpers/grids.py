@@ -26,6 +26,7 @@ Run a grid with ``python -m finetune_helpers.experiments run vision`` (resumable
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,8 +137,18 @@ def _history_record(history: Any, stopper: Any) -> dict[str, Any]:
     val = [{"epoch": e["epoch"], "accuracy": e["eval_accuracy"], "loss": e["eval_loss"],
             "train_loss": e["train_loss"], "seconds": round(e["seconds"] + e["eval_seconds"], 2)}
            for e in history.epochs]
+    memory = None
+    if history.peak_rss_mib is not None and history.start_rss_mib is not None:
+        memory = round(history.peak_rss_mib - history.start_rss_mib, 1)
     return {"val": val, "best_epoch": stopper.best_epoch, "epochs": len(val),
-            "steps": int(sum(e["steps"] for e in history.epochs))}
+            "steps": int(sum(e["steps"] for e in history.epochs)),
+            # Stopped by the epoch limit rather than by the validation rule.
+            "hit_limit": stopper.stopped_epoch is None,
+            # The training loop alone (epochs and their validation), without data preparation.
+            "train_s": round(sum(e["seconds"] + e["eval_seconds"] for e in history.epochs), 1),
+            # Memory the training loop added (activations, gradients, optimizer state): what
+            # freezing saves. Approximate: freed memory of earlier runs in the process is reused.
+            "train_memory_mib": memory}
 
 
 def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
@@ -215,10 +226,12 @@ def _pixels_logreg(spec: RunSpec) -> dict[str, Any]:
         images, labels = ds.arrays()
         arrays[split] = (images.reshape(len(images), -1).astype(np.float64), labels)
     clf = LogisticRegression(C=float(dict(spec.hparams)["C"]), max_iter=2000)
+    start = time.perf_counter()
     clf.fit(*arrays["train"])
+    seconds = time.perf_counter() - start
     val_acc = float(clf.score(*arrays["validation"]))
     return {"val": [{"epoch": 0, "accuracy": val_acc}], "best_epoch": 0, "epochs": 1,
-            "steps": int(clf.n_iter_.max()),
+            "steps": int(clf.n_iter_.max()), "train_s": round(seconds, 1),
             "test": {"accuracy": float(clf.score(*arrays["test"]))}}
 
 
@@ -404,10 +417,12 @@ def _probe_logreg(spec: RunSpec) -> dict[str, Any]:
               for s in ("train", "validation", "test")
               for ds in [_pooled_split(spec.task, s, spec.seed)]}
     clf = LogisticRegression(C=float(dict(spec.hparams)["C"]), max_iter=5000)
+    start = time.perf_counter()
     clf.fit(*arrays["train"])
+    seconds = time.perf_counter() - start
     val_acc = float(clf.score(*arrays["validation"]))
     return {"val": [{"epoch": 0, "accuracy": val_acc}], "best_epoch": 0, "epochs": 1,
-            "steps": int(clf.n_iter_.max()),
+            "steps": int(clf.n_iter_.max()), "train_s": round(seconds, 1),
             "test": {"accuracy": float(clf.score(*arrays["test"]))}}
 
 

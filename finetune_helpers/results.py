@@ -46,8 +46,9 @@ class Row:
     lr: Any
     trainable_params: int | None
     epochs: float | None
-    wall_s: float
-    memory_mib: float | None      # peak RSS during the run minus RSS at its start, mean
+    train_s: float                # training loop (epochs + validation), mean over seeds
+    memory_mib: float | None      # memory the training loop added, mean over seeds
+    hit_limit: int = 0            # seeds whose run was stopped by the epoch limit
 
     @property
     def label(self) -> str:
@@ -100,9 +101,9 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
             lr=runs[0]["hparams"].get(sweep.get("param", "lr")),
             trainable_params=runs[0].get("trainable_params"),
             epochs=_mean([r.get("epochs") for r in runs]),
-            wall_s=_mean([r["wall_s"] for r in runs]) or 0.0,
-            memory_mib=_mean([r["peak_rss_mib"] - r["start_rss_mib"] for r in runs
-                              if r.get("start_rss_mib") is not None])))
+            train_s=_mean([r.get("train_s", r["wall_s"]) for r in runs]) or 0.0,
+            memory_mib=_mean([r.get("train_memory_mib") for r in runs]),
+            hit_limit=sum(bool(r.get("hit_limit")) for r in runs)))
     return out
 
 
@@ -116,7 +117,7 @@ def markdown(table: Sequence[Row], *, reference: str = "full") -> str:
     """A Markdown table: strategy, test accuracy mean ± s.e., paired difference with its 95 %
     interval, verdict, chosen learning rate, trainable parameters, epochs, time per run."""
     head = ("| strategy | test accuracy (%) | vs. reference (points, 95 % CI) | verdict | "
-            "chosen rate | trainable | epochs | s / run |")
+            "chosen rate | trainable | epochs | s / run |")  # s / run: the training loop
     lines = [head, "|" + "---|" * 8]
     for r in table:
         diff = _interval(r.difference) if r.difference is not None else "—"
@@ -124,7 +125,7 @@ def markdown(table: Sequence[Row], *, reference: str = "full") -> str:
         epochs = f"{r.epochs:.1f}" if r.epochs is not None else "—"
         lines.append(f"| {r.label} | {r.accuracy.mean:.1f} ± {r.accuracy.se:.1f} (n={r.accuracy.n})"
                      f" | {diff} | {r.verdict(reference)} | {r.lr:g} | {trainable} | {epochs} | "
-                     f"{r.wall_s:.0f} |")
+                     f"{r.train_s:.0f} |")
     return "\n".join(lines)
 
 

@@ -120,6 +120,7 @@ def sweep_grid(calls: list) -> Grid:
     return Grid("swept", [], train, sweeps=[sweep], seeds=(0, 1, 2))
 
 
+
 def test_a_sweep_chooses_on_validation_then_replicates_only_the_chosen_value(tmp_path):
     calls = []
     grid = sweep_grid(calls)
@@ -130,7 +131,7 @@ def test_a_sweep_chooses_on_validation_then_replicates_only_the_chosen_value(tmp
         "vision/full,lr=0.01/seed=1", "vision/full,lr=0.01/seed=2"]
     records = experiments.load(tmp_path / "swept.jsonl")
     assert records[0]["sweep"] == {"name": "vision/full", "param": "lr",
-                                   "values": [0.001, 0.01, 0.1]}
+                                   "values": [0.001, 0.01, 0.1], "extend": 1}
     assert experiments.pending(grid, tmp_path) == []
     lines = experiments.summary(tmp_path, grids={"swept": grid})
     assert lines[0] == ("swept: 5 runs, 1 configurations reported, 2 selection-only runs, "
@@ -140,15 +141,29 @@ def test_a_sweep_chooses_on_validation_then_replicates_only_the_chosen_value(tmp
     assert lines[-1] == "grids: 1; configurations: 1; min seeds per configuration: 3"
 
 
-def test_a_choice_at_the_edge_of_the_range_is_flagged(tmp_path):
-    grid = sweep_grid([])
-    records = [{"task": "vision", "strategy": "full", "seed": 0, "key": f"k{lr}",
-                "config": f"vision/full,lr={lr}", "hparams": {"lr": lr},
-                "sweep": {"name": "vision/full", "param": "lr", "values": [0.001, 0.01, 0.1]},
-                "val": [{"accuracy": acc}], "best_epoch": 0, "test": {"accuracy": acc}}
-               for lr, acc in ((0.001, 0.9), (0.01, 0.8), (0.1, 0.7))]
-    assert experiments.chosen_value(grid.sweeps[0], records, "accuracy") == 0.001
-    path = tmp_path / "swept.jsonl"
-    for r in records:
-        experiments.append(path, r)
-    assert "(at the edge of the range)" in experiments.summary(tmp_path, grids={})[1]
+def test_a_choice_at_the_edge_grows_the_range_once_then_is_flagged(tmp_path):
+    calls = []
+
+    def train(spec: RunSpec) -> dict:
+        calls.append(spec.key)
+        lr = dict(spec.hparams)["lr"]
+        return {"val": [{"accuracy": lr}], "best_epoch": 0, "test": {"accuracy": lr}}
+
+    sweep = experiments.Sweep.make("vision", "head", (0.001, 0.003), extend=1)
+    grid = Grid("grow", [], train, sweeps=[sweep], seeds=(0, 1))
+    experiments.run_grid(grid, tmp_path, progress=False)
+    # 0.003 won at the top edge: one larger value (same ratio, 1 digit) was tried, and won too.
+    assert calls == ["vision/head,lr=0.001/seed=0", "vision/head,lr=0.003/seed=0",
+                     "vision/head,lr=0.009/seed=0", "vision/head,lr=0.009/seed=1"]
+    assert experiments.chosen_value(sweep, experiments.load(tmp_path / "grow.jsonl"),
+                                    "accuracy") == 0.009
+    lines = experiments.summary(tmp_path, grids={"grow": grid})
+    assert lines[1].endswith("[lr chosen on validation from 0.001, 0.003, 0.009 "
+                             "(at the edge of the range)]")
+
+
+def test_sweep_values_must_ascend():
+    with pytest.raises(ValueError, match="ascending order"):
+        experiments.Sweep.make("vision", "full", (0.01, 0.001))
+    assert experiments.Sweep.make("v", "f", (1e-4, 3e-4)).step(1e-4, -1) == 3e-5
+    assert experiments.Sweep.make("v", "f", (1e-4, 3e-4)).step(1e-3, 1) == 3e-3

@@ -12,8 +12,8 @@ def record(strategy, seed, acc, lr=1e-3, values=(1e-3,), **extra):
     return {"grid": "g", "task": "vision", "strategy": strategy, "seed": seed,
             "key": f"vision/{strategy},lr={lr}/seed={seed}", "config": f"vision/{strategy},lr={lr}",
             "hparams": {"lr": lr}, "sweep": sweep, "val": [{"accuracy": acc}], "best_epoch": 0,
-            "test": {"accuracy": acc}, "wall_s": 10.0, "peak_rss_mib": 900.0,
-            "start_rss_mib": 800.0, "epochs": 3, "trainable_params": 1000, **extra}
+            "test": {"accuracy": acc}, "wall_s": 10.0, "train_s": 8.0, "train_memory_mib": 100.0,
+            "epochs": 3, "trainable_params": 1000, **extra}
 
 
 @pytest.fixture
