@@ -64,9 +64,12 @@ class MeanPoolClassifier(nn.Layer):
     def blocks(self) -> list[tuple[str, nn.Layer]]:
         """Embeddings, each Transformer layer, the new classifier: input to output."""
         enc = self.encoder
-        stack = enc.encoder.layers
+        # BERT-like encoders keep the stack in ``encoder.layers``; PaddleNLP's XLMRobertaEncoder
+        # in ``encoder.layer``. Names follow the attribute path inside the encoder.
+        attr = "layers" if hasattr(enc.encoder, "layers") else "layer"
+        stack = getattr(enc.encoder, attr)
         return [("embeddings", enc.embeddings),
-                *((f"encoder.layers.{i}", layer) for i, layer in enumerate(stack)),
+                *((f"encoder.{attr}.{i}", layer) for i, layer in enumerate(stack)),
                 ("classifier", self.classifier)]
 
 

