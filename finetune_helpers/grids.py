@@ -67,7 +67,11 @@ VISION_STRATEGIES = {
     "gradual_ulmfit": "ULMFiT's top-down gradual unfreezing: one more block per epoch",
     "gradual_bottom_up": "chain-thaw, bottom-up: the head, then each block alone from the "
                          "stem upward, then all (the article's 逐层微调)",
+    "lp_ft": "LP-FT (Kumar et al. 2022): the head alone first (early-stopped, on cached "
+             "features, at LP_LR), then every block from that head",
 }
+#: The probe stage of LP-FT trains the head at this rate (x10, as always), early-stopped.
+LP_LR = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +155,23 @@ def _history_record(history: Any, stopper: Any) -> dict[str, Any]:
             "train_memory_mib": memory}
 
 
+def _probe_stage(net: Any, head_model: Any, sets: dict[str, Any], head: Any, seed: int,
+                 regime: Regime, blocks: Any = None) -> dict[str, Any]:
+    """LP-FT's first stage: the head alone on cached features, early-stopped; returns its
+    validation curve (the weights of its best epoch stay in ``net``)."""
+    from finetune_helpers import callbacks, data, recipe, strategies, train
+
+    strategies.new_head_only(net, blocks=blocks)
+    optimizer = recipe.optimizer(net, LP_LR, head)
+    stopper = callbacks.EarlyStopping("eval_accuracy", patience=regime.patience)
+    history = train.fit(head_model, data.make_loader(sets["train"], regime.batch_size,
+                                                     shuffle=True, seed=seed),
+                        optimizer, regime.max_epochs,
+                        eval_loader=data.make_loader(sets["validation"], 64),
+                        callbacks=[stopper], seed=seed, progress=False)
+    return {"lp_" + k: v for k, v in _history_record(history, stopper).items()}
+
+
 def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
     """Train one vision run of the grid and return its record's results.
 
@@ -167,7 +188,14 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]
     extra: list[Any] = []
     min_epochs = 0
     start = 0  # the first block that ever trains; the ones below are computed once
+    probe: dict[str, Any] = {}
     if spec.strategy == "full":
+        strategies.fine_tune_all(net)
+    elif spec.strategy == "lp_ft":
+        last = VISION_BLOCKS - 1
+        probe = _probe_stage(net, _vision_suffix(net, last),
+                             {s: _cached_split(s, spec.seed, last) for s in ("train", "validation")},
+                             net.fc, spec.seed, VISION)
         strategies.fine_tune_all(net)
     elif spec.strategy == "head":
         strategies.new_head_only(net)
@@ -205,7 +233,7 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]
                         callbacks=[*extra, stopper], seed=spec.seed, progress=False)
     test = train.evaluate(model, test_loader, progress=False)
     trainable, total = strategies.count_parameters(net)
-    return {**_history_record(history, stopper),
+    return {**_history_record(history, stopper), **probe,
             "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
             "trainable_params": trainable, "total_params": total,
             "cached_blocks": start}
@@ -291,6 +319,7 @@ TEXT_STRATEGIES = {
                          "embeddings upward, then all (the article's 逐层微调)",
     "lora": "LoRA (r = 8, alpha = 16) on W_q and W_v, and the head",
     "bitfit": "BitFit: every bias of the encoder, and the head",
+    "lp_ft": VISION_STRATEGIES["lp_ft"],
 }
 
 
@@ -359,7 +388,14 @@ def train_text(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
     extra: list[Any] = []
     min_epochs = 0
     cached = False
+    probe: dict[str, Any] = {}
     if spec.strategy == "full":
+        strategies.train_blocks(net, [n for n, _ in blocks], blocks=blocks)
+    elif spec.strategy == "lp_ft":
+        probe = _probe_stage(net, heads.LinearHead(net),
+                             {s: _pooled_split(spec.task, s, spec.seed)
+                              for s in ("train", "validation")},
+                             net.classifier, spec.seed, TEXT, blocks=blocks)
         strategies.train_blocks(net, [n for n, _ in blocks], blocks=blocks)
     elif spec.strategy == "head":
         strategies.new_head_only(net, blocks=blocks)
@@ -403,7 +439,7 @@ def train_text(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
                         callbacks=[*extra, stopper], seed=spec.seed, progress=False)
     test = train.evaluate(model, test_loader, progress=False)
     trainable, total = strategies.count_parameters(net)
-    result = {**_history_record(history, stopper),
+    result = {**_history_record(history, stopper), **probe,
               "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
               "trainable_params": trainable, "total_params": total, "cached_blocks": int(cached)}
     if spec.strategy == "lora":
