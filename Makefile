@@ -1,5 +1,6 @@
 # The two commands of this book (see README.md):
-#   make book   build the HTML book into _build/html (installs what it needs first)
+#   make book   build the HTML book into _build/html, its Chinese edition into _build/html/zh
+#               (installs what it needs first)
 #   make test   run the unit tests and re-run every notebook of the book with nbval
 #   (make unit  only the fast unit tests, under two minutes)
 # Both are idempotent: a second run reinstalls nothing.
@@ -23,6 +24,7 @@ ifeq ($(EXECUTE),1)
 endif
 	$(VENV)/bin/jupyter-book build $(JB_FLAGS) .
 	@echo "Book built: open _build/html/index.html"
+	$(PY) scripts/build_editions.py zh
 
 # The browser tests open the built book, so the book is built first.
 test: book apt-test

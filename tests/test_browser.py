@@ -1,9 +1,12 @@
 """The built book, opened in headless Chromium: every page renders, offline.
 
-Runs after `make book` (the test command builds the book first). For every page in _toc.yml:
-no stored error output, every image loaded, every formula typeset, every widget rendered as
-live controls that work without a kernel, and no request leaving the machine. A screenshot of
-each page is saved under _build/screenshots/.
+Runs after `make book` (the test command builds the book first). For every page in _toc.yml,
+and for every translated page of the Chinese edition (_build/html/zh/, the pages listed in
+locale/translated_pages.yml): no stored error output, every image loaded, every formula
+typeset, every widget rendered as live controls that work without a kernel, and no request
+leaving the machine; on a Chinese page, Chinese characters also render with a real font (not
+as empty boxes). A screenshot of each page is saved under _build/screenshots/ (zh-<page>.png
+for the Chinese edition).
 """
 
 import shutil
@@ -18,9 +21,16 @@ HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sys.path.insert(0, str(ROOT / "scripts"))
+from edition_switch import translated_pages  # noqa: E402
 from toc_notebooks import toc_files  # noqa: E402
 
 PAGES = [p.relative_to(ROOT).with_suffix(".html") for p in toc_files()]
+# The Chinese edition's translated pages (the other pages there are the English ones again).
+ZH_PAGES = [Path("zh") / f"{page}.html" for page in translated_pages("zh_CN")]
+
+
+def _page_id(page_path: Path) -> str:
+    return f"zh-{page_path.stem}" if page_path.parts[0] == "zh" else page_path.stem
 
 
 pytestmark = pytest.mark.slow  # needs the built book (make test builds it first)
@@ -41,8 +51,10 @@ def browser():
         b.close()
 
 
-@pytest.mark.parametrize("page_path", PAGES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("page_path", PAGES + ZH_PAGES, ids=_page_id)
 def test_page_renders_offline(browser, page_path):
+    if page_path.parts[0] == "zh" and not (HTML / "zh" / "index.html").exists():
+        pytest.fail("the Chinese edition is not built: run `make book` (it builds both editions)")
     external: list[str] = []
     context = browser.new_context(viewport={"width": 1280, "height": 1600})
 
@@ -87,8 +99,10 @@ def test_page_renders_offline(browser, page_path):
         for i in range(selects.count()):  # explorers: each visible dropdown switches its view
             if selects.nth(i).is_visible():
                 _check_dropdown_switches_view(page, selects.nth(i), page_path)
+    if page_path.parts[0] == "zh":
+        _check_chinese_renders(page, page_path)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{page_path.stem}.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{_page_id(page_path)}.png"), full_page=True)
     context.close()
 
 
@@ -103,3 +117,29 @@ def _check_dropdown_switches_view(page, select, page_path):
     page.wait_for_timeout(300)
     after = stack.evaluate("e => [...e.querySelectorAll('img')].filter(i => i.offsetParent).map(i => i.src)")
     assert before != after, f"{page_path}: the dropdown did not switch the view"
+
+
+def _check_chinese_renders(page, page_path):
+    """The page is declared Chinese, and its font draws CJK glyphs.
+
+    Without a CJK font every Chinese character is drawn as the same empty box, so two different
+    characters, drawn in the font of the page's first paragraph, must give two different images.
+    """
+    assert page.evaluate("document.documentElement.lang") == "zh-CN", f"{page_path}: lang"
+    images = page.evaluate(
+        """() => {
+            const family = getComputedStyle(document.querySelector('main p')).fontFamily;
+            const canvas = document.createElement('canvas');
+            canvas.width = canvas.height = 64;
+            const g = canvas.getContext('2d');
+            g.font = `48px ${family}`;
+            return ['术', '语'].map(ch => {
+                g.clearRect(0, 0, 64, 64);
+                g.fillText(ch, 4, 52);
+                const data = g.getImageData(0, 0, 64, 64).data;
+                return [data.reduce((a, b) => a + b, 0), data.join(',')];
+            });
+        }""")
+    (ink_a, pixels_a), (ink_b, pixels_b) = images
+    assert ink_a and ink_b, f"{page_path}: Chinese characters draw nothing"
+    assert pixels_a != pixels_b, f"{page_path}: Chinese characters draw as empty boxes (no CJK font)"
