@@ -55,8 +55,9 @@ So :func:`sync_trainable` (called by ``fit`` after ``on_train_begin`` and every
 same parameters, and rebuilds the reducer when the trainable set changed, keeping the old
 reducers alive. Frozen parameters cost no communication, newly unfrozen ones are synchronised
 from their first step. BatchNorm running statistics are buffers, never synchronised: each
-process keeps its own unless the layer is frozen (``strategies.freeze`` keeps them fixed) or
-converted to ``paddle.nn.SyncBatchNorm``.
+process keeps its own unless the layer normalises with its running statistics (the strategies'
+default BatchNorm policy, ``bn="inference"``, keeps them fixed) or is converted to
+``paddle.nn.SyncBatchNorm``.
 
 Single process (no launcher, or ``--nproc_per_node 1``): every function here is a no-op, and
 ``fit`` runs exactly as before.
@@ -78,6 +79,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import paddle
+
+from finetune_helpers.batches import IGNORE_INDEX
 
 #: Set by ``paddle.distributed.launch`` in every worker: the number of processes and this rank.
 WORLD_ENV = "PADDLE_TRAINERS_NUM"
@@ -144,15 +147,15 @@ def barrier() -> None:
 
 def save_checkpoint(path: str, model: paddle.nn.Layer,
                     optimizer: paddle.optimizer.Optimizer | None = None, **extra: Any) -> None:
-    """:func:`finetune_helpers.strategies.save_checkpoint` written by rank 0 only.
+    """:func:`finetune_helpers.checkpoints.save_checkpoint` written by rank 0 only.
 
     Every process must call it; the others wait until the file is complete, so any of them may
     read it right after. The weights are the same on every rank, so one copy is the checkpoint.
     """
-    from finetune_helpers.strategies import save_checkpoint as save
+    from finetune_helpers import checkpoints
 
     if is_main_process():
-        save(path, model, optimizer, **extra)
+        checkpoints.save_checkpoint(path, model, optimizer, **extra)
     barrier()
 
 
@@ -383,7 +386,9 @@ class FitRun:
 
     Holds the wrapped model and the split training loader; scales each process's loss so the
     averaged gradient is the one-process gradient of the global batch; turns the per-process
-    step losses into global ones at the end of an epoch.
+    step losses into global ones at the end of an epoch. ``fit`` calls the same four members
+    (``model``/``train_loader``, :meth:`sync`, :meth:`backward`, :meth:`epoch_losses`) on its
+    one-process run, where they do nothing beyond the plain step.
     """
 
     def __init__(self, model: paddle.nn.Layer, train_loader: Any) -> None:
@@ -406,7 +411,6 @@ class FitRun:
         Equal pieces give a factor of exactly 1.0.
         """
         if task == "lm" and isinstance(labels, paddle.Tensor):
-            from finetune_helpers.train import IGNORE_INDEX
             weight = (labels != IGNORE_INDEX).astype("float64").sum()
         else:
             weight = paddle.to_tensor(float(examples), dtype="float64")
@@ -415,6 +419,10 @@ class FitRun:
         self._weights.append(weight)
         factor = (weight * self.world / total).astype(loss.dtype)
         return loss * factor
+
+    def backward(self, loss: paddle.Tensor, labels: Any, examples: int, task: str) -> None:
+        """Backward pass of this process's :meth:`scaled_loss` (DataParallel all-reduces)."""
+        self.scaled_loss(loss, labels, examples, task).backward()
 
     def epoch_losses(self, step_losses: np.ndarray, sizes: Sequence[int]
                      ) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,11 @@ its own cell marked ``# NBVAL_IGNORE_OUTPUT``::
     # head only | 3.4 s/epoch | peak memory 812.3 MiB
 
 A :class:`ReportTable` collects rows; ``frame()`` / ``markdown()`` render them (with
-``stable=True`` for a checked cell) and ``save_json`` / ``load_json`` let Part III gather the
-rows written by the chapters.
+``stable=True`` for a checked cell).
+
+Two helpers the chapters share for the accuracy they report: :func:`binomial_se` (one standard
+error of an accuracy measured on ``n`` examples) and :func:`confusion_figure` (the held-out
+confusion matrix, counts in the cells).
 
 Parameters are counted by :func:`finetune_helpers.strategies.count_parameters`: trainable =
 learnable parameters with ``stop_gradient=False``; total = learnable parameters, i.e. without
@@ -30,12 +33,10 @@ gives the usual 11,689,512, not Paddle's 11,699,112. Tied parameters count once.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, Iterable
+import math
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import paddle
 
 from finetune_helpers.strategies import count_parameters  # the one parameter count of the book
@@ -43,7 +44,6 @@ from finetune_helpers.strategies import count_parameters  # the one parameter co
 STABLE_KEYS = ("strategy", "trainable_params", "total_params", "trainable_pct", "metric_name",
                "metric", "budget")
 MEASURED_KEYS = ("seconds_per_epoch", "peak_memory_mib", "peak_gpu_mib")
-_JSON_VERSION = 1
 # metric name -> (key in History.epochs records, factor applied for display)
 _METRICS = {"accuracy": ("eval_accuracy", 100.0), "perplexity": ("eval_perplexity", 1.0),
             "loss": ("eval_loss", 1.0), "train_loss": ("train_loss", 1.0)}
@@ -134,7 +134,7 @@ def report(strategy: str, model: paddle.nn.Layer, history: Any, *, budget: str,
 
 
 class ReportTable:
-    """Rows from several strategies (or chapters), rendered and saved together."""
+    """Rows from several strategies (or chapters), rendered together."""
 
     def __init__(self, rows: Iterable[dict[str, Any]] = ()) -> None:
         self.rows: list[ReportRow] = [ReportRow(r) for r in rows]
@@ -173,25 +173,72 @@ class ReportTable:
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(lines)
 
-    def save_json(self, path: str | os.PathLike) -> Path:
-        """Write the rows to ``path`` atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": _JSON_VERSION, "rows": self.rows}, f, indent=1)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
 
-    @classmethod
-    def load_json(cls, path: str | os.PathLike) -> "ReportTable":
-        """Read rows written by :meth:`save_json`."""
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or data.get("version") != _JSON_VERSION:
-            raise ValueError(f"{path} is not a report table of version {_JSON_VERSION}; "
-                             "re-run the chapter that wrote it")
-        return cls(data["rows"])
+# ---------------------------------------------------------------------------------------------
+# Uncertainty of an accuracy, and where the errors are.
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """One binomial standard error of an accuracy measured on ``n`` examples:
+    ``sqrt(p (1 - p) / n)``, a fraction like ``accuracy`` (times 100: percentage points).
+
+    Each example is right or wrong, so the count of right answers is binomial: an accuracy
+    near 80 % on 300 examples is uncertain by about 2.3 points, which is the scale on which two
+    strategies' accuracies can be told apart.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be the number of examples scored, an int >= 1, got {n!r}")
+    p = float(accuracy)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"accuracy must be a fraction in [0, 1] (0.81, not 81), got {accuracy!r}")
+    return math.sqrt(p * (1 - p) / int(n))
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int],
+                     num_classes: int) -> np.ndarray:
+    """Counts ``[true class, predicted class]``, shape ``(num_classes, num_classes)``."""
+    y, p = np.asarray(labels).reshape(-1), np.asarray(predictions).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"labels and predictions differ in length ({y.size} vs {p.size}); pass "
+                         "one prediction per labelled example")
+    for name, values in (("labels", y), ("predictions", p)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes
+                            or not np.issubdtype(values.dtype, np.integer)):
+            raise ValueError(f"{name} must be class indices in 0..{num_classes - 1} (one per "
+                             "class name); pass logits.argmax(-1), not the logits")
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y, p), 1)
+    return matrix
+
+
+def confusion_figure(labels: Sequence[int], predictions: Sequence[int],
+                     class_names: Sequence[str], *, title: str | None = None,
+                     ax: Any = None, colorbar: bool = True) -> Any:
+    """The confusion matrix as a matplotlib figure: true class down, predicted class across,
+    each non-zero count written in its cell.
+
+    ``title`` defaults to ``"held-out confusion matrix (81.3% correct)"``. Pass ``ax`` to draw
+    into an existing axes (e.g. next to a loss curve); the figure holding it is returned.
+    """
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    matrix = confusion_matrix(labels, predictions, k)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    else:
+        fig = ax.figure
+    image = ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(j, i, int(count), ha="center", va="center", fontsize=7 if k > 5 else 10,
+                    color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(k), list(class_names), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), list(class_names), fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    correct = np.trace(matrix) / max(int(matrix.sum()), 1)
+    ax.set_title(title if title is not None else
+                 f"held-out confusion matrix ({correct:.1%} correct)")
+    if colorbar:
+        fig.colorbar(image, ax=ax, label="examples")
+    return fig

@@ -10,6 +10,57 @@ and a Transformer alike::
     strategies.fine_tune_all(model)            # everything trains
     cb = strategies.GradualUnfreezing(model)   # ULMFiT: one more block per epoch (a callback)
     print(strategies.trainable_summary(model)) # trainable: 1,234 / 5,678 (21.7%)
+    print(strategies.block_table(model))       # per block: parameters, trainable, BatchNorm mode
+
+**Counting blocks: n and k.** Both count the blocks of :func:`finetune_helpers.layers.blocks`
+*other than the head*; the head (the last block) always trains and is never counted. With
+``B`` blocks, ``train_top(model, n)`` trains the ``n`` blocks just below the head and the head
+(``n`` in ``0..B-1``; ``n = 0`` is :func:`new_head_only`), and ``freeze_bottom(model, k)``
+freezes the ``k`` blocks from the input and trains the rest (``k`` in ``0..B-1``; ``k = 0``
+trains everything). So ``train_top(model, n)`` trains what ``freeze_bottom(model, B - 1 - n)``
+trains. A Transformer's embeddings are block 0, so "the embeddings and the bottom L layers" is
+``k = L + 1``:
+
+=========================================  ============================  =====================
+model (its B blocks)                       call                          frozen blocks
+=========================================  ============================  =====================
+EfficientNet-Lite0 (10: stem, stage1..7,   ``train_top(m, 2)``           stem..stage6
+head_conv, fc)                             ``freeze_bottom(m, 4)``       stem..stage3
+MiniLM classifier (9: bert.embeddings,     ``train_top(m, 2)``           embeddings..layers.4
+bert.encoder.layers.0..5, bert.pooler,     ``freeze_bottom(m, 4)``       embeddings..layers.2
+classifier)
+SmolLM2 (33: llama.embed_tokens,           ``freeze_bottom(m, L + 1)``   embeddings and
+llama.layers.0..29, llama.norm, lm_head)                                 layers.0..L-1 (and
+                                                                         the tied lm_head)
+=========================================  ============================  =====================
+
+**BatchNorm policy** (``bn=``, every strategy function). BatchNorm running statistics are
+parameters in Paddle (``_mean``, ``_variance``, always ``stop_gradient=True``) and they update in
+every train-mode forward pass, frozen or not. ``stop_gradient`` alone therefore does not freeze
+a BatchNorm layer; its mode is the attribute ``_use_global_stats``: ``True`` normalises with,
+and keeps, the running statistics even after ``model.train()`` ("running stats"); ``None``
+(Paddle's default) uses batch statistics in train mode and updates the running ones ("batch
+stats"). Each strategy call sets EVERY BatchNorm layer of the model from the policy and the
+set of training blocks only, so the result never depends on earlier calls:
+
+===================  ============================  ============================================
+``bn=``              BatchNorm in frozen blocks    BatchNorm in training blocks
+===================  ============================  ============================================
+``"inference"``      running stats, affine frozen  running stats, affine trains
+(default)
+``"frozen_blocks"``  running stats, affine frozen  batch stats, affine trains
+``"train"``          batch stats, affine TRAINS    batch stats, affine trains
+===================  ============================  ============================================
+
+``"inference"`` is the book's recipe (:func:`finetune_helpers.recipe.batchnorm_inference`: small
+batches of a new domain would replace the pretrained statistics with noisy ones) and the
+default, because every stored result of the book trained that way. ``"frozen_blocks"`` is the
+classic "freeze what is frozen" setting; ``"train"`` is fastai's ``train_bn=True``. BatchNorm
+layers in no block count as frozen. :func:`block_table` shows each block's actual mode (read
+from the layers). Models without BatchNorm (Transformers) are unaffected. Counts never include
+the running statistics. ``SyncBatchNorm`` ignores ``_use_global_stats`` (its kernel always gets
+False), so a policy that gives one running statistics raises ``NotImplementedError``: use
+``bn="train"``.
 
 What Paddle does underneath (verified on paddlepaddle 3.3.1, see the tests):
 
@@ -20,24 +71,12 @@ What Paddle does underneath (verified on paddlepaddle 3.3.1, see the tests):
   True`` caches the trainable set at the first step and then fails with "The size of
   Input(grad) must be equal to Input(param)" after an unfreeze; :class:`GradualUnfreezing`
   refuses such an optimizer.
-* BatchNorm running statistics are parameters in Paddle (``_mean``, ``_variance``, always
-  ``stop_gradient=True``) and they update in every train-mode forward pass, frozen or not. A
-  frozen block's BatchNorm layers therefore get ``_use_global_stats = True``: they normalise
-  with, and keep, their running statistics even after ``model.train()``. ``train_bn=True``
-  (fastai's ``train_bn``) instead lets BatchNorm in frozen blocks keep training its affine
-  weight/bias and updating its statistics. Counts never include the running statistics.
 * A parameter group's ``learning_rate`` is a multiplier of the optimizer's learning rate (also
   of an ``LRScheduler``), and Paddle stores it ON THE PARAMETER (``param.optimize_attr``): it
   stays in force for any optimizer built later over a plain parameter list. Call
   :func:`clear_lr_multipliers` before building a plain optimizer on a model that had groups.
-* ``stop_gradient``, the BatchNorm switch and the multipliers are not in ``state_dict()``. And
-  ``optimizer.set_state_dict`` matches tensors by generated names (``linear_3.w_0_moment1_0``)
-  that change with every new model or optimizer object in a process, and it fails with
-  "Optimizer set error ... should in state dict" when a parameter that had no state at save time
-  (frozen then) is updated first. :func:`save_checkpoint` / :func:`load_checkpoint` store all of
-  it by structured parameter name and restore it exactly.
-* ``SyncBatchNorm`` ignores ``_use_global_stats`` (its kernel always gets False), so freezing a
-  block that holds one raises ``NotImplementedError`` unless ``train_bn=True``.
+* ``stop_gradient``, the BatchNorm mode and the multipliers are not in ``state_dict()``:
+  :mod:`finetune_helpers.checkpoints` saves and restores them with the optimizer state.
 """
 
 from __future__ import annotations
@@ -47,48 +86,36 @@ from typing import Any, Iterable, Sequence
 import paddle
 from paddle import nn
 
-from finetune_helpers.layers import (BlocksLike, block_parameters, blocks as get_blocks,
-                                     fixed_parameters, is_batch_norm, learnable_parameters, numel,
-                                     uncovered_parameters, unwrap)
+from finetune_helpers import layers
+from finetune_helpers.layers import (BlocksLike, fixed_parameters, is_batch_norm,
+                                     learnable_parameters, numel, unwrap)
 
-#: Names accepted by :func:`apply_strategy`.
-STRATEGIES = ("full", "top", "freeze_bottom", "head", "gradual")
+#: BatchNorm policies of the strategies (``bn=``), see the module notes.
+BN_POLICIES = ("inference", "frozen_blocks", "train")
+#: The default policy: the book's recipe, every BatchNorm on its running statistics.
+DEFAULT_BN = "inference"
 #: Modes of :class:`GradualUnfreezing`.
 GRADUAL_MODES = ("ulmfit", "chain_thaw")
-CHECKPOINT_FORMAT = "finetune_helpers.checkpoint/1"
-
-_SAVED_STATS_FLAG = "_ft_saved_use_global_stats"  # BN's own flag, kept while we force True
 
 
 # ---------------------------------------------------------------------------------------------
-# BatchNorm in frozen blocks
+# BatchNorm
 
-def _check_freezable(bns: Iterable[nn.Layer]) -> None:
-    if any(isinstance(bn, nn.SyncBatchNorm) for bn in bns):
-        raise NotImplementedError(
-            "SyncBatchNorm ignores _use_global_stats (paddle 3.3.1 always passes False to its "
-            "kernel), so a frozen block cannot keep its statistics: freeze with train_bn=True, "
-            "or fine-tune before paddle.nn.SyncBatchNorm.convert_sync_batchnorm")
-
-
-def _bn_freeze(bn: nn.Layer) -> None:
-    """Normalise with, and keep, the running statistics, also in train mode."""
-    _check_freezable([bn])
-    if not hasattr(bn, _SAVED_STATS_FLAG):
-        setattr(bn, _SAVED_STATS_FLAG, bn._use_global_stats)
-    bn._use_global_stats = True
+def _check_bn(bn: str) -> None:
+    if bn not in BN_POLICIES:
+        raise ValueError(
+            f"bn must be one of {list(BN_POLICIES)}, got {bn!r}: 'inference' = every BatchNorm "
+            "on its running statistics (the book's recipe), 'frozen_blocks' = only BatchNorm in "
+            "frozen blocks, 'train' = batch statistics and trainable affine everywhere")
 
 
-def _bn_thaw(bn: nn.Layer) -> None:
-    """Undo :func:`_bn_freeze`: the layer's own setting again (batch statistics in train mode)."""
-    if hasattr(bn, _SAVED_STATS_FLAG):
-        bn._use_global_stats = getattr(bn, _SAVED_STATS_FLAG)
-        delattr(bn, _SAVED_STATS_FLAG)
-
-
-def bn_frozen(bn: nn.Layer) -> bool:
-    """Whether :func:`freeze` put this BatchNorm layer into inference behaviour."""
-    return hasattr(bn, _SAVED_STATS_FLAG)
+def _stats_flag(bn: str, training: bool) -> bool | None:
+    """``_use_global_stats`` for a BatchNorm layer in a training (or frozen) block."""
+    if bn == "train":
+        return None
+    if bn == "inference":
+        return True
+    return None if training else True
 
 
 def _bn_layers(layer: nn.Layer) -> list[nn.Layer]:
@@ -99,6 +126,26 @@ def _bn_affine(bn: nn.Layer) -> list[paddle.Tensor]:
     fixed = {id(p) for p in fixed_parameters(bn)}
     return [p for p in (getattr(bn, "weight", None), getattr(bn, "bias", None))
             if isinstance(p, paddle.Tensor) and id(p) not in fixed]
+
+
+def _set_bn(settings: Sequence[tuple[nn.Layer, bool | None]]) -> None:
+    """Give each BatchNorm layer its ``_use_global_stats``, after checking that none of the
+    layers that need running statistics is a SyncBatchNorm (so nothing is half-done)."""
+    if any(isinstance(bn, nn.SyncBatchNorm) and flag for bn, flag in settings):
+        raise NotImplementedError(
+            "SyncBatchNorm ignores _use_global_stats (paddle 3.3.1 always passes False to its "
+            "kernel), so it cannot keep its running statistics: pass bn='train' (batch "
+            "statistics everywhere), or fine-tune before "
+            "paddle.nn.SyncBatchNorm.convert_sync_batchnorm")
+    for bn, flag in settings:
+        bn._use_global_stats = flag
+
+
+def bn_mode(bn: nn.Layer) -> str:
+    """``"running stats"`` (normalises with and keeps its running statistics, also in train
+    mode) or ``"batch stats"`` (Paddle's default: batch statistics in train mode), read from the
+    layer's ``_use_global_stats``."""
+    return "running stats" if bn._use_global_stats is True else "batch stats"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,42 +164,33 @@ def _flatten(items: Iterable[Any]) -> list[Any]:
     return out
 
 
-def freeze(*layers_or_params: nn.Layer | paddle.Tensor, train_bn: bool = False) -> None:
+def _set_trainable(items: Sequence[nn.Layer | paddle.Tensor], training: bool, bn: str) -> None:
+    _check_bn(bn)
+    layers_ = [x for x in items if isinstance(x, nn.Layer)]
+    _set_bn([(b, _stats_flag(bn, training)) for x in layers_ for b in _bn_layers(x)])
+    for item in items:
+        if isinstance(item, paddle.Tensor):
+            item.stop_gradient = not training
+            continue
+        keep = {id(p) for b in _bn_layers(item) for p in _bn_affine(b)} if bn == "train" else set()
+        for p in learnable_parameters(item):
+            p.stop_gradient = not training and id(p) not in keep
+
+
+def freeze(*layers_or_params: nn.Layer | paddle.Tensor, bn: str = DEFAULT_BN) -> None:
     """Stop training these layers / parameters (``stop_gradient = True``).
 
-    The BatchNorm layers inside a frozen layer keep their running statistics even in train mode
-    (``_use_global_stats = True``, undone by :func:`unfreeze`). With ``train_bn=True`` their
-    affine weight/bias stay trainable and their statistics keep updating instead (fastai).
-    Freezing one side of a tied weight freezes both (it is one tensor).
+    The BatchNorm layers inside a frozen layer get the policy's frozen-block mode (module
+    notes): running statistics, or with ``bn="train"`` batch statistics and a trainable affine
+    weight/bias. Freezing one side of a tied weight freezes both (it is one tensor).
     """
-    for item in _flatten(layers_or_params):
-        if isinstance(item, paddle.Tensor):
-            item.stop_gradient = True
-            continue
-        keep = set()
-        if not train_bn:
-            _check_freezable(_bn_layers(item))
-        for bn in _bn_layers(item):
-            if train_bn:
-                _bn_thaw(bn)
-                keep.update(id(p) for p in _bn_affine(bn))
-            else:
-                _bn_freeze(bn)
-        for p in learnable_parameters(item):
-            p.stop_gradient = id(p) not in keep
+    _set_trainable(_flatten(layers_or_params), False, bn)
 
 
-def unfreeze(*layers_or_params: nn.Layer | paddle.Tensor) -> None:
-    """Train these layers / parameters again (``stop_gradient = False``), BatchNorm in its normal
-    behaviour. BatchNorm running statistics stay non-trainable."""
-    for item in _flatten(layers_or_params):
-        if isinstance(item, paddle.Tensor):
-            item.stop_gradient = False
-            continue
-        for bn in _bn_layers(item):
-            _bn_thaw(bn)
-        for p in learnable_parameters(item):
-            p.stop_gradient = False
+def unfreeze(*layers_or_params: nn.Layer | paddle.Tensor, bn: str = DEFAULT_BN) -> None:
+    """Train these layers / parameters again (``stop_gradient = False``), their BatchNorm layers
+    in the policy's training-block mode. BatchNorm running statistics stay non-trainable."""
+    _set_trainable(_flatten(layers_or_params), True, bn)
 
 
 def count_parameters(model: nn.Layer) -> tuple[int, int]:
@@ -173,20 +211,22 @@ def trainable_summary(model: nn.Layer) -> str:
 
 
 def block_table(model: nn.Layer, *, blocks: BlocksLike | None = None) -> str:
-    """One line per block: index, name, parameters it owns, how many train, BatchNorm mode."""
-    owned = block_parameters(model, blocks)
-    layers = dict(get_blocks(model, blocks))
+    """One line per block: index, name, parameters it owns, how many train, and the actual mode
+    of its BatchNorm layers (``running stats kept``, ``batch stats``, ``k/n kept`` when mixed,
+    ``-`` without BatchNorm)."""
+    owned = layers.block_parameters(model, blocks=blocks)
+    by_name = dict(layers.blocks(model, blocks=blocks))
     width = max(len(n) for n, _ in owned)
     lines = [f"{'#':>3}  {'block':<{width}}  {'params':>12}  {'trainable':>12}  batchnorm"]
     for i, (name, params) in enumerate(owned):
-        bns = _bn_layers(layers[name])
-        frozen = sum(bn_frozen(b) for b in bns)
+        bns = _bn_layers(by_name[name])
+        kept = sum(bn_mode(b) == "running stats" for b in bns)
         if not bns:
             bn_text = "-"
-        elif frozen == len(bns):
+        elif kept == len(bns):
             bn_text = "running stats kept"
         else:
-            bn_text = "batch stats" if frozen == 0 else f"{frozen}/{len(bns)} kept"
+            bn_text = "batch stats" if kept == 0 else f"{kept}/{len(bns)} kept"
         trainable = numel(p for p in params if not p.stop_gradient)
         lines.append(f"{i:>3}  {name:<{width}}  {numel(params):>12,}  {trainable:>12,}  {bn_text}")
     lines.append(trainable_summary(model))
@@ -205,21 +245,22 @@ def _empty_error(owned: list[tuple[str, list]], names: Sequence[str]) -> str:
 
 
 def train_blocks(model: nn.Layer, names: Sequence[str], *, blocks: BlocksLike | None = None,
-                 train_bn: bool = False) -> list[str]:
+                 bn: str = DEFAULT_BN) -> list[str]:
     """Train exactly the named blocks; freeze every other parameter of the model.
 
     The building block of all strategies. Parameters in no block are frozen too. A block trains
-    the parameters it owns (see :func:`finetune_helpers.layers.block_parameters`), and its
-    BatchNorm layers use batch statistics; BatchNorm in frozen blocks keeps its running
-    statistics unless ``train_bn=True``. Returns the names of the training blocks.
+    the parameters it owns (see :func:`finetune_helpers.layers.block_parameters`); every
+    BatchNorm layer of the model gets the mode of the ``bn`` policy (module notes). Returns the
+    names of the training blocks.
     """
-    all_blocks = get_blocks(model, blocks)
+    _check_bn(bn)
+    all_blocks = layers.blocks(model, blocks=blocks)
     valid = [n for n, _ in all_blocks]
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise ValueError(f"unknown block name(s) {unknown}; valid names: {valid}")
     chosen = set(names)
-    owned = block_parameters(model, blocks)
+    owned = layers.block_parameters(model, blocks=blocks)
     trainable = {id(p) for n, ps in owned if n in chosen for p in ps}
     if not trainable:
         raise ValueError(_empty_error(owned, list(names)))
@@ -228,27 +269,21 @@ def train_blocks(model: nn.Layer, names: Sequence[str], *, blocks: BlocksLike | 
     # frozen.
     bn_owner: dict[int, str] = {}
     for name, layer in all_blocks:
-        for bn in _bn_layers(layer):
-            bn_owner.setdefault(id(bn), name)
+        for b in _bn_layers(layer):
+            bn_owner.setdefault(id(b), name)
     bns = _bn_layers(inner)
-    frozen_bns = [bn for bn in bns if bn_owner.get(id(bn)) not in chosen and not train_bn]
-    _check_freezable(frozen_bns)
-    frozen_ids = {id(bn) for bn in frozen_bns}
-    for bn in bns:
-        if id(bn) in frozen_ids:
-            _bn_freeze(bn)
-        else:
-            _bn_thaw(bn)
-            if train_bn:
-                trainable.update(id(p) for p in _bn_affine(bn))
+    _set_bn([(b, _stats_flag(bn, bn_owner.get(id(b)) in chosen)) for b in bns])
+    if bn == "train":
+        trainable.update(id(p) for b in bns for p in _bn_affine(b))
     for p in learnable_parameters(inner):
         p.stop_gradient = id(p) not in trainable
     return [n for n in valid if n in chosen]
 
 
-def fine_tune_all(model: nn.Layer) -> None:
-    """Full fine-tuning: every learnable parameter trains, BatchNorm uses batch statistics."""
-    unfreeze(unwrap(model))
+def fine_tune_all(model: nn.Layer, *, bn: str = DEFAULT_BN) -> None:
+    """Full fine-tuning: every learnable parameter trains (also those in no block), BatchNorm
+    as the ``bn`` policy says for training blocks."""
+    unfreeze(unwrap(model), bn=bn)
 
 
 def _short(names: Sequence[str]) -> str:
@@ -263,61 +298,33 @@ def _check_count(value: int, what: str, low: int, high: int, names: list[str]) -
 
 
 def train_top(model: nn.Layer, n: int, *, blocks: BlocksLike | None = None,
-              train_bn: bool = False) -> list[str]:
+              bn: str = DEFAULT_BN) -> list[str]:
     """The head and the ``n`` blocks below it train; the rest is frozen.
 
-    ``n`` counts blocks below the head, which always trains: ``train_top(model, 0)`` is
-    :func:`new_head_only`, ``n = len(blocks) - 1`` trains every block.
+    ``n`` counts blocks below the head, which always trains (module notes):
+    ``train_top(model, 0)`` is :func:`new_head_only`, ``n = len(blocks) - 1`` trains every block.
     """
-    names = [name for name, _ in get_blocks(model, blocks)]
+    names = layers.block_names(model, blocks=blocks)
     _check_count(n, "n (blocks trained below the head)", 0, len(names) - 1, names)
-    return train_blocks(model, names[len(names) - 1 - n:], blocks=blocks, train_bn=train_bn)
+    return train_blocks(model, names[len(names) - 1 - n:], blocks=blocks, bn=bn)
 
 
 def freeze_bottom(model: nn.Layer, k: int, *, blocks: BlocksLike | None = None,
-                  train_bn: bool = False) -> list[str]:
-    """The bottom ``k`` blocks (from the input) are frozen; the rest trains.
+                  bn: str = DEFAULT_BN) -> list[str]:
+    """The bottom ``k`` blocks (from the input, block 0 = stem or embeddings) are frozen; the
+    rest trains.
 
     ``k`` in ``0..len(blocks) - 1``: the head always trains (``k = len - 1`` is head only).
     """
-    names = [name for name, _ in get_blocks(model, blocks)]
+    names = layers.block_names(model, blocks=blocks)
     _check_count(k, "k (frozen blocks from the input)", 0, len(names) - 1, names)
-    return train_blocks(model, names[k:], blocks=blocks, train_bn=train_bn)
+    return train_blocks(model, names[k:], blocks=blocks, bn=bn)
 
 
 def new_head_only(model: nn.Layer, *, blocks: BlocksLike | None = None,
-                  train_bn: bool = False) -> list[str]:
-    """Feature extraction: a frozen backbone (BatchNorm statistics kept), only the head trains."""
-    return train_top(model, 0, blocks=blocks, train_bn=train_bn)
-
-
-def apply_strategy(model: nn.Layer, name: str, **kw: Any) -> list[Any]:
-    """Apply a strategy by name (Part III's comparison); returns the callbacks it needs.
-
-    ``"full"`` (:func:`fine_tune_all`), ``"top"`` (:func:`train_top`, needs ``n=``),
-    ``"freeze_bottom"`` (:func:`freeze_bottom`, needs ``k=``), ``"head"``
-    (:func:`new_head_only`), ``"gradual"`` (:class:`GradualUnfreezing`, epoch 0 applied now).
-    Static strategies return ``[]``; ``"gradual"`` returns ``[callback]`` for the training loop.
-    """
-    if name == "full":
-        if kw:
-            raise ValueError(f"strategy 'full' takes no options, got {sorted(kw)}")
-        fine_tune_all(model)
-        return []
-    if name == "top":
-        train_top(model, **kw)
-        return []
-    if name == "freeze_bottom":
-        freeze_bottom(model, **kw)
-        return []
-    if name == "head":
-        new_head_only(model, **kw)
-        return []
-    if name == "gradual":
-        callback = GradualUnfreezing(model, **kw)
-        callback.apply(0)
-        return [callback]
-    raise ValueError(f"unknown strategy {name!r}; valid names: {list(STRATEGIES)}")
+                  bn: str = DEFAULT_BN) -> list[str]:
+    """Feature extraction: a frozen backbone, only the head trains."""
+    return train_top(model, 0, blocks=blocks, bn=bn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,19 +353,21 @@ class GradualUnfreezing:
     model, optimizer)``. Build the optimizer ONCE over ``model.parameters()`` (all of them,
     frozen ones included): Paddle skips frozen parameters and creates their optimizer state when
     they first train. ``log`` records what changed at which epoch; :meth:`schedule` lists the
-    training blocks per epoch.
+    training blocks per epoch. Each stage is applied with :func:`train_blocks` and the ``bn``
+    policy (module notes), so BatchNorm follows the policy at every stage.
     """
 
     def __init__(self, model: nn.Layer, *, start: int = 1, every: int = 1,
                  blocks: BlocksLike | None = None, mode: str = "ulmfit",
-                 train_bn: bool = False) -> None:
+                 bn: str = DEFAULT_BN) -> None:
+        _check_bn(bn)
         if mode not in GRADUAL_MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes: {list(GRADUAL_MODES)}")
         self.model = model
-        self.blocks = get_blocks(model, blocks)
+        self.blocks = layers.blocks(model, blocks=blocks)
         self.names = [n for n, _ in self.blocks]
         self.mode = mode
-        self.train_bn = train_bn
+        self.bn = bn
         count = len(self.names)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every (epochs per stage) must be an int >= 1, got {every!r}")
@@ -369,7 +378,7 @@ class GradualUnfreezing:
                              "with the head alone: leave start=1")
         self.start, self.every = start, every
         self.stages = self._stages()
-        owned = dict(block_parameters(model, self.blocks))
+        owned = dict(layers.block_parameters(model, blocks=self.blocks))
         for i, stage in enumerate(self.stages):
             if not any(owned[n] for n in stage):
                 raise ValueError(f"stage {i} ({stage}) trains nothing: "
@@ -409,7 +418,7 @@ class GradualUnfreezing:
     def apply(self, epoch: int) -> list[str]:
         """Set the model to the state of ``epoch``, log the change, return the training blocks."""
         names = self.trainable_at(epoch)
-        train_blocks(self.model, names, blocks=self.blocks, train_bn=self.train_bn)
+        train_blocks(self.model, names, blocks=self.blocks, bn=self.bn)
         before = set(self._current or [])
         self.log.append({"epoch": epoch, "trainable": names,
                          "unfrozen": [n for n in names if n not in before],
@@ -425,7 +434,7 @@ class GradualUnfreezing:
                              "the trainable parameters at its first step and fails after an "
                              "unfreeze; build it with use_multi_tensor=False (the default)")
         held = _optimizer_param_ids(optimizer)
-        missing = [n for n, ps in block_parameters(self.model, self.blocks)
+        missing = [n for n, ps in layers.block_parameters(self.model, blocks=self.blocks)
                    if any(id(p) not in held for p in ps)]
         if missing:
             raise ValueError(f"the optimizer does not hold the parameters of block(s) {missing}, "
@@ -478,11 +487,11 @@ def discriminative_lr_groups(model: nn.Layer, factor: float = 2.6, *,
                          f"everywhere), got {factor!r}")
     if not head_multiplier > 0:
         raise ValueError(f"head_multiplier must be > 0, got {head_multiplier!r}")
-    missing = uncovered_parameters(model, blocks)
+    missing = layers.uncovered_parameters(model, blocks=blocks)
     if missing:
         raise ValueError(f"{len(missing)} parameter(s) belong to no block, e.g. {missing[:5]}; "
                          "they would never train: pass blocks= covering the whole model")
-    owned = block_parameters(model, blocks)
+    owned = layers.block_parameters(model, blocks=blocks)
     top = len(owned) - 1
     groups = []
     for i, (name, params) in enumerate(owned):
@@ -513,114 +522,3 @@ def clear_lr_multipliers(model: nn.Layer) -> None:
     for p in unwrap(model).parameters():
         if getattr(p, "optimize_attr", None) is not None:
             p.optimize_attr["learning_rate"] = 1.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints that keep the frozen state and the optimizer state
-
-def _struct_names(model: nn.Layer) -> dict[str, str]:
-    """Generated parameter name (``linear_3.w_0``) -> structured name (``fc.weight``)."""
-    return {p.name: n for n, p in unwrap(model).named_parameters()}
-
-
-def save_checkpoint(path: str, model: nn.Layer,
-                    optimizer: paddle.optimizer.Optimizer | None = None, **extra: Any) -> None:
-    """Save weights, frozen flags, BatchNorm modes, learning-rate multipliers and the optimizer
-    state (by structured parameter name) in one ``paddle.save`` file. ``extra`` (epoch, metrics)
-    comes back from :func:`load_checkpoint`."""
-    inner = unwrap(model)
-    learnable = {id(p) for p in learnable_parameters(inner)}
-    state: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "model": inner.state_dict(),
-        "trainable": [n for n, p in inner.named_parameters()
-                      if id(p) in learnable and not p.stop_gradient],
-        "bn": {n: {"use_global_stats": s._use_global_stats,
-                   "frozen": bn_frozen(s),
-                   "own_flag": getattr(s, _SAVED_STATS_FLAG, None)}
-               for n, s in inner.named_sublayers(include_self=True) if is_batch_norm(s)},
-        "lr_multipliers": {n: float(p.optimize_attr.get("learning_rate", 1.0))
-                           for n, p in inner.named_parameters()
-                           if isinstance(p.optimize_attr.get("learning_rate", 1.0), (int, float))},
-        "extra": extra,
-    }
-    if optimizer is not None:
-        if getattr(optimizer, "_master_weights", None):
-            raise NotImplementedError("optimizers with multi_precision master weights are not "
-                                      "supported by save_checkpoint; save optimizer.state_dict() "
-                                      "and reload it in a fresh process with the same code")
-        names = _struct_names(inner)
-        accumulators = {}
-        for acc, per_param in optimizer._accumulators.items():
-            accumulators[acc] = {names[pname]: var for pname, var in per_param.items()
-                                 if pname in names}
-        opt_state: dict[str, Any] = {"accumulators": accumulators}
-        if isinstance(optimizer._learning_rate, paddle.optimizer.lr.LRScheduler):
-            opt_state["LR_Scheduler"] = optimizer._learning_rate.state_dict()
-        state["optimizer"] = opt_state
-    paddle.save(state, path)
-
-
-def load_checkpoint(path: str, model: nn.Layer,
-                    optimizer: paddle.optimizer.Optimizer | None = None) -> dict[str, Any]:
-    """Restore what :func:`save_checkpoint` saved into ``model`` (and ``optimizer``, which must be
-    built over the same model). Works for new model/optimizer objects, in this process or
-    another. Returns the ``extra`` values."""
-    state = paddle.load(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint "
-                         f"(format {CHECKPOINT_FORMAT}); for a plain state_dict use "
-                         "model.set_state_dict(paddle.load(path))")
-    inner = unwrap(model)
-    missing, unexpected = inner.set_state_dict(state["model"])
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing {list(missing)[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}; build the same architecture first")
-    params = dict(inner.named_parameters())
-    learnable = {id(p) for p in learnable_parameters(inner)}
-    trainable = set(state["trainable"])
-    for n, p in params.items():
-        if id(p) in learnable:
-            p.stop_gradient = n not in trainable
-    sublayers = dict(inner.named_sublayers(include_self=True))
-    for n, bn_state in state["bn"].items():
-        bn = sublayers[n]
-        _bn_thaw(bn)
-        if bn_state["frozen"]:
-            bn._use_global_stats = bn_state["own_flag"]
-            _bn_freeze(bn)
-        else:
-            bn._use_global_stats = bn_state["use_global_stats"]
-    for n, mult in state["lr_multipliers"].items():
-        params[n].optimize_attr["learning_rate"] = mult
-    if optimizer is not None and "optimizer" in state:
-        _load_optimizer_state(optimizer, params, state["optimizer"])
-    return dict(state.get("extra", {}))
-
-
-def _load_optimizer_state(optimizer: paddle.optimizer.Optimizer,
-                          params: dict[str, paddle.Tensor], saved: dict[str, Any]) -> None:
-    # Paddle's set_state_dict matches generated names, which differ between objects, and it
-    # asserts when a parameter without saved state is updated first. So create the state
-    # tensors for the parameters that have saved state now (private API, paddle 3.3.1) and
-    # copy the values in; parameters without state get it lazily, as usual.
-    held = _optimizer_param_ids(optimizer)
-    names = set()
-    for per_param in saved["accumulators"].values():
-        names.update(per_param)
-    unknown = sorted(n for n in names if n not in params or id(params[n]) not in held)
-    if unknown:
-        raise ValueError(f"optimizer state for parameters {unknown[:5]} that this optimizer "
-                         "does not hold; build it over the same parameters as when saving")
-    with_state = [params[n] for n in sorted(names)]
-    block = paddle.static.default_main_program().global_block()
-    optimizer._create_accumulators(block, with_state)
-    for acc, per_param in saved["accumulators"].items():
-        if acc not in optimizer._accumulators:
-            raise ValueError(f"optimizer state {acc!r} is unknown to {type(optimizer).__name__}: "
-                             "load into the same kind of optimizer as when saving")
-        for n, value in per_param.items():
-            optimizer._accumulators[acc][params[n].name].set_value(value)
-    if "LR_Scheduler" in saved and isinstance(optimizer._learning_rate,
-                                              paddle.optimizer.lr.LRScheduler):
-        optimizer._learning_rate.set_state_dict(saved["LR_Scheduler"])

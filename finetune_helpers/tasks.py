@@ -31,7 +31,6 @@ class Task:
 
     name: str
     model: str
-    dataset: str
     num_classes: int
     n_train: int
     n_eval: int
@@ -51,10 +50,10 @@ class Task:
         return f"{self.n_train} {unit} x {self.epochs} epochs ({size}), batch {self.batch_size}"
 
 
-VISION = Task(name="Fashion-MNIST", model="efficientnet_lite0", dataset="fashion_mnist",
-              num_classes=10, n_train=320, n_eval=300, epochs=2, batch_size=32, lr=3e-4,
+VISION = Task(name="Fashion-MNIST", model="efficientnet_lite0", num_classes=10,
+              n_train=320, n_eval=300, epochs=2, batch_size=32, lr=3e-4,
               image_size=32)
-TEXT = Task(name="tweet sentiment", model="minilm_l6", dataset="tweets", num_classes=3,
+TEXT = Task(name="tweet sentiment", model="minilm_l6", num_classes=3,
             n_train=384, n_eval=300, epochs=2, batch_size=32, lr=5e-5,
             max_length=32)
 

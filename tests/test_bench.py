@@ -1,19 +1,38 @@
-"""FLOP counting, the ideal-cost arithmetic, frozen-backward skipping, and the bench end to end."""
+"""FLOP counting (finetune_helpers.flops), the ideal-cost arithmetic, frozen-backward skipping,
+and the benchmark script (benchmarks/bench.py, outside the package) end to end."""
 
 import contextlib
+import importlib.util
 import io
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
 from paddle import nn
 
-from finetune_helpers import bench, strategies
+from finetune_helpers import strategies
 from finetune_helpers.flops import (attention_flops, backward_factors, count_forward_flops,
                                     ideal_ratio, step_cost, trainable_blocks, training_cost)
 from finetune_helpers.zoo.efficientnet import EfficientNetLite0
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+    """benchmarks/bench.py by its path: a script, not a package (and site-packages may hold an
+    unrelated top-level ``benchmarks`` package)."""
+    spec = importlib.util.spec_from_file_location("finetune_bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
 FINAL = re.compile(r"^cached head speedup: (\d+\.\d)x; freeze-bottom time/ideal: (\d+\.\d\d)$")
 
 
@@ -161,6 +180,14 @@ def test_efficientnet_freeze_bottom_outputs_stop_gradient():
 
 # ---------------------------------------------------------------------------------------------
 # The bench end to end
+
+def test_bench_runs_as_a_script_outside_the_package():
+    assert not (ROOT / "finetune_helpers" / "bench.py").exists()
+    out = subprocess.run([sys.executable, "benchmarks/bench.py", "--rounds", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--rounds must be >= 1" in out.stderr
+    assert out.stderr.startswith("usage: python benchmarks/bench.py")
+
 
 def test_bench_quick_end_to_end(capsys):
     assert bench.main(["--quick"]) == 0

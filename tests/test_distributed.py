@@ -140,17 +140,17 @@ WORKER = textwrap.dedent('''
     def save_and_reload(model, opt, out, tag):
         """distributed.save_checkpoint: rank 0 writes; every rank can read it right after."""
         import paddle
-        from finetune_helpers import distributed, features, strategies
+        from finetune_helpers import checkpoints, distributed, features
         calls = []
-        real = strategies.save_checkpoint
-        strategies.save_checkpoint = lambda *a, **k: (calls.append(1), real(*a, **k))
+        real = checkpoints.save_checkpoint
+        checkpoints.save_checkpoint = lambda *a, **k: (calls.append(1), real(*a, **k))
         try:
             distributed.save_checkpoint(str(out / "gradual.ckpt"), model, opt, epoch=EPOCHS)
         finally:
-            strategies.save_checkpoint = real
+            checkpoints.save_checkpoint = real
         paddle.seed(1)
         fresh = tiny_bert()
-        extra = strategies.load_checkpoint(str(out / "gradual.ckpt"), fresh)
+        extra = checkpoints.load_checkpoint(str(out / "gradual.ckpt"), fresh)
         same = features.weights_fingerprint(fresh) == features.weights_fingerprint(model)
         (out / f"{tag}.ckpt.json").write_text(json.dumps(
             {"writes": len(calls), "reloaded_equal": same, "extra": extra}))

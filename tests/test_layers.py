@@ -1,8 +1,10 @@
-"""finetune_helpers.layers: the blocks of every model the book fine-tunes.
+"""finetune_helpers.layers: the blocks of every model the book fine-tunes, and of any Transformer.
 
-Each known model: the block names, the head, and that every parameter (BatchNorm statistics
-included) belongs to exactly one block -- except the tied lm_head weight, which belongs to the
-embeddings and is held again by the lm_head block (documented in layers.py).
+Each model: the block names, the head, and that every parameter (BatchNorm statistics
+included) belongs to exactly one block -- except a tied lm_head weight, which belongs to the
+embeddings and is held again by the lm_head block (documented in layers.py). Tiny random
+PaddleNLP configs (hidden 16, 2 layers, vocabulary 64) of seven Transformer families check the
+generic discovery, and ``train_top(model, 1)`` trains exactly the hand-counted parameters.
 """
 
 from collections import Counter
@@ -172,12 +174,15 @@ def test_data_parallel_is_unwrapped():
 
 def test_unknown_model_says_how_to_pass_blocks():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"does not know the blocks of Sequential.*blocks=\["):
+    with pytest.raises(ValueError, match=r"does not know the blocks of Sequential.*no Transformer "
+                                         r"layer stack.*blocks=\[.*method blocks\(\)"):
         layers.blocks(model)
-    explicit = layers.blocks(model, [("body", model[0]), ("head", model[1])])
+    explicit = layers.blocks(model, blocks=[("body", model[0]), ("head", model[1])])
     assert [n for n, _ in explicit] == ["body", "head"]
-    assert layers.block_names(model, [model[0], model[1]]) == ["block0", "block1"]
-    assert layers.head(model, [("body", model[0]), ("head", model[1])]) is model[1]
+    assert layers.block_names(model, blocks=[model[0], model[1]]) == ["block0", "block1"]
+    assert layers.head(model, blocks=[("body", model[0]), ("head", model[1])]) is model[1]
+    assert layers.uncovered_parameters(model, blocks=[("head", model[1])]) == ["0.weight",
+                                                                               "0.bias"]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -187,13 +192,13 @@ def test_unknown_model_says_how_to_pass_blocks():
 ])
 def test_bad_explicit_blocks(bad, message):
     with pytest.raises(ValueError, match=message):
-        layers.blocks(nn.Linear(2, 2), bad)
+        layers.blocks(nn.Linear(2, 2), blocks=bad)
 
 
 def test_duplicate_block_names_rejected():
     lin = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="unique"):
-        layers.blocks(lin, [("a", lin), ("a", nn.Linear(2, 2))])
+        layers.blocks(lin, blocks=[("a", lin), ("a", nn.Linear(2, 2))])
 
 
 def test_numel_is_exact():
@@ -201,3 +206,130 @@ def test_numel_is_exact():
     assert layers.numel(params) == 15 + 7 + 24
     assert layers.numel([]) == 0
     assert layers.numel([paddle.to_tensor(np.zeros((0, 4)))]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Any PaddleNLP Transformer: the layer stack opened up, the other children one block each
+
+SIZES = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+             intermediate_size=32)
+TRANSFORMERS = {
+    # class: (config class, extra config, block names, train_top(m, 1) prefixes, tied weights)
+    "GPTForCausalLM": (
+        "GPTConfig", {"max_position_embeddings": 32},
+        ["gpt.embeddings", "gpt.decoder.layers.0", "gpt.decoder.layers.1", "gpt.decoder.norm",
+         "lm_head"],
+        ("gpt.decoder.norm.",), ["gpt.embeddings.word_embeddings.weight"]),
+    "GPTModel": (
+        "GPTConfig", {"max_position_embeddings": 32},
+        ["embeddings", "decoder.layers.0", "decoder.layers.1", "decoder.norm"],
+        ("decoder.layers.1.", "decoder.norm."), []),
+    "ErnieModel": (
+        "ErnieConfig", {"max_position_embeddings": 32},
+        ["embeddings", "encoder.layers.0", "encoder.layers.1", "pooler"],
+        ("encoder.layers.1.", "pooler."), []),
+    "ErnieForSequenceClassification": (
+        "ErnieConfig", {"max_position_embeddings": 32, "num_labels": 3},
+        ["ernie.embeddings", "ernie.encoder.layers.0", "ernie.encoder.layers.1", "ernie.pooler",
+         "classifier"],
+        ("ernie.pooler.", "classifier."), []),
+    "Qwen2ForCausalLM": (
+        "Qwen2Config", {"max_position_embeddings": 32, "num_key_value_heads": 1},
+        ["qwen2.embed_tokens", "qwen2.layers.0", "qwen2.layers.1", "qwen2.norm", "lm_head"],
+        ("qwen2.norm.", "lm_head."), []),
+    "XLMRobertaModel": (
+        "XLMRobertaConfig", {"max_position_embeddings": 40},
+        ["embeddings", "encoder.layer.0", "encoder.layer.1", "pooler"],
+        ("encoder.layer.1.", "pooler."), []),
+    "LlamaForCausalLM": (
+        "LlamaConfig", {"max_position_embeddings": 32, "num_key_value_heads": 1,
+                        "tie_word_embeddings": True},
+        ["llama.embed_tokens", "llama.layers.0", "llama.layers.1", "llama.norm", "lm_head"],
+        ("llama.norm.",), ["llama.embed_tokens.weight"]),
+    "BertForSequenceClassification": (
+        "BertConfig", {"max_position_embeddings": 32, "num_labels": 3},
+        ["bert.embeddings", "bert.encoder.layers.0", "bert.encoder.layers.1", "bert.pooler",
+         "classifier"],
+        ("bert.pooler.", "classifier."), []),
+}
+
+
+def tiny_transformer(cls_name):
+    from paddlenlp import transformers
+    config_cls, extra, *_ = TRANSFORMERS[cls_name]
+    paddle.seed(0)
+    return getattr(transformers, cls_name)(getattr(transformers, config_cls)(**SIZES, **extra))
+
+
+@pytest.mark.parametrize("cls_name", list(TRANSFORMERS))
+def test_transformer_blocks_cover_every_parameter_once(cls_name):
+    from finetune_helpers import strategies
+    _, _, names, top1, tied = TRANSFORMERS[cls_name]
+    model = tiny_transformer(cls_name)
+    blocks = layers.blocks(model)
+    assert [n for n, _ in blocks] == names
+    # names are attribute paths: every block's parameters carry its name as prefix
+    for name, layer in blocks:
+        ids = {id(p) for p in layer.parameters()}
+        assert all(n.startswith(name + ".") for n, p in model.named_parameters()
+                   if id(p) in ids and n not in tied), name
+    assert_exact_cover(model, blocks, shared=tied)
+    assert layers.uncovered_parameters(model) == []
+    strategies.train_top(model, 1)
+    by_hand = sum(int(np.prod(p.shape)) for n, p in model.named_parameters()
+                  if n.startswith(top1))
+    assert by_hand > 0 and strategies.count_parameters(model)[0] == by_hand
+
+
+def test_tied_gpt_head_owns_nothing():
+    model = tiny_transformer("GPTForCausalLM")
+    owned = dict(layers.block_parameters(model))
+    assert owned["lm_head"] == []
+    assert owned["gpt.embeddings"][0] is model.gpt.embeddings.word_embeddings.weight
+
+
+class TwoStacks(nn.Layer):
+    """A model of no known family with its own blocks() method (the protocol)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks_list = nn.LayerList([nn.Linear(4, 4) for _ in range(3)])
+        self.out = nn.Linear(4, 2)
+
+    def blocks(self):
+        return [("first", self.blocks_list[0]), ("rest", self.blocks_list[1:]),
+                ("out", self.out)]
+
+
+def test_a_models_own_blocks_method_is_used():
+    model = TwoStacks()
+    assert layers.block_names(model) == ["first", "rest", "out"]
+    assert layers.head(paddle.DataParallel(model)) is model.out
+    # MeanPoolClassifier's method wins over the generic discovery (no pooler block: unused)
+    from finetune_helpers.heads import MeanPoolClassifier
+    classifier = MeanPoolClassifier(tiny_transformer("ErnieModel"), 3)
+    assert layers.block_names(classifier) == [n for n, _ in classifier.blocks()] == \
+        ["embeddings", "encoder.layers.0", "encoder.layers.1", "classifier"]
+
+
+def test_a_broken_blocks_method_is_named_in_the_error():
+    class Broken(nn.Layer):
+        def blocks(self):
+            return [("only", 3)]
+
+    with pytest.raises(ValueError, match=r"Broken\.blocks\(\) must return \[\(name, layer\)"):
+        layers.blocks(Broken())
+
+
+def test_a_layer_list_named_blocks_is_a_stack_not_the_protocol():
+    class ViTLike(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(4, 4)
+            self.blocks = nn.LayerList([nn.Linear(4, 4) for _ in range(2)])
+            self.norm = nn.LayerNorm(4)
+            self.head = nn.Linear(4, 2)
+
+    model = ViTLike()
+    assert layers.block_names(model) == ["embed", "blocks.0", "blocks.1", "norm", "head"]
+    assert_exact_cover(model, layers.blocks(model))

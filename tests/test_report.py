@@ -1,13 +1,17 @@
-"""finetune_helpers.report: exact parameter counts, stable vs measured columns, table round trip."""
+"""finetune_helpers.report: exact parameter counts, stable vs measured columns, the table, the
+standard error of an accuracy and the confusion-matrix figure."""
 
-import json
+import math
 
+import matplotlib
+import numpy as np
 import paddle
 import pytest
 from paddle import nn
 from paddle.vision.models import resnet18
 
-from finetune_helpers.report import ReportRow, ReportTable, report
+from finetune_helpers.report import (ReportTable, binomial_se, confusion_figure,
+                                     confusion_matrix, report)
 from finetune_helpers.train import History
 
 
@@ -82,7 +86,7 @@ def test_report_metric_choices():
         report("x", model, History(task="lm"), budget="b")
 
 
-def test_table_frame_markdown_and_json_round_trip(tmp_path):
+def test_table_frame_and_markdown():
     table = ReportTable()
     model = head_only_resnet()
     table.add(report("head only", model, classification_history(), budget="512 x 2", show=None))
@@ -98,13 +102,63 @@ def test_table_frame_markdown_and_json_round_trip(tmp_path):
     assert md[0] == "| strategy | trainable | total | trainable % | metric | budget |"
     assert md[3] == "| full \\| all | 11,181,642 | 11,181,642 | 100% | accuracy 81.25% | 512 x 2 |"
     assert table.markdown().splitlines()[2].endswith("| 4.1 | 812.3 |")
-
-    path = table.save_json(tmp_path / "rows" / "chapter3.json")
-    loaded = ReportTable.load_json(path)
-    assert loaded.rows == table.rows and isinstance(loaded.rows[0], ReportRow)
-    assert [p.name for p in path.parent.iterdir()] == ["chapter3.json"]  # no temporary left
-    (tmp_path / "old.json").write_text(json.dumps({"rows": []}))
-    with pytest.raises(ValueError, match="re-run the chapter"):
-        ReportTable.load_json(tmp_path / "old.json")
     with pytest.raises(ValueError, match="not a report row"):
         table.add({"strategy": "x"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The uncertainty of an accuracy, and where the errors are
+
+def test_binomial_se_is_what_the_chapters_compute():
+    # chapters 03/04: np.sqrt(a * (1 - a) / 300), bit for bit
+    for a in (0.8, 0.6133333333333333, 0.5):
+        assert binomial_se(a, 300) == np.sqrt(a * (1 - a) / 300)
+    # chapter 01: "standard error of one accuracy near 80% on 300 test images: 2.3 points"
+    assert f"{100 * binomial_se(0.8, 300):.1f}" == "2.3"
+    assert binomial_se(1.0, 50) == 0.0 and binomial_se(0.5, 1) == 0.5
+    assert binomial_se(np.float32(0.6), np.int64(300)) == pytest.approx(math.sqrt(0.24 / 300))
+
+
+@pytest.mark.parametrize("accuracy, n, message", [
+    (81.25, 300, r"fraction in \[0, 1\] \(0.81, not 81\)"),
+    (-0.1, 300, "fraction"),
+    (0.8, 0, "number of examples scored"),
+    (0.8, 2.5, "number of examples scored"),
+])
+def test_binomial_se_rejects_percentages_and_bad_counts(accuracy, n, message):
+    with pytest.raises(ValueError, match=message):
+        binomial_se(accuracy, n)
+
+
+def test_confusion_matrix_counts_true_by_predicted():
+    labels, predicted = [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2]
+    assert confusion_matrix(labels, predicted, 3).tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    with pytest.raises(ValueError, match="differ in length"):
+        confusion_matrix([0, 1], [0], 2)
+    with pytest.raises(ValueError, match=r"class indices in 0\.\.1.*logits.argmax"):
+        confusion_matrix([0, 2], [0, 1], 2)
+    with pytest.raises(ValueError, match="class indices"):
+        confusion_matrix([0, 1], [0.2, 0.9], 2)
+
+
+def test_confusion_figure_shows_counts_names_and_accuracy():
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, predicted = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2])
+    fig = confusion_figure(labels, predicted, ["cat", "dog", "bird"])
+    ax = fig.axes[0]
+    assert ax.get_title() == "held-out confusion matrix (66.7% correct)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "bird"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog", "bird"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class", "true class")
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+             for t in ax.texts}
+    assert cells == {(0, 0): "1", (0, 1): "1", (1, 1): "1", (2, 0): "1", (2, 2): "2"}
+    np.testing.assert_array_equal(ax.images[0].get_array(), confusion_matrix(labels, predicted, 3))
+    # drawing into an existing axes: its figure comes back, the title is the caller's
+    outer, (left, right) = plt.subplots(1, 2)
+    assert confusion_figure(labels, predicted, ["a", "b", "c"], ax=right, title="run 1",
+                            colorbar=False) is outer
+    assert right.get_title() == "run 1" and not left.images
+    plt.close("all")

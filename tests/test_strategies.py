@@ -1,10 +1,13 @@
 """finetune_helpers.strategies: which parameters train, with what learning rate, when.
 
 Every strategy is checked by training: several AdamW steps (with weight decay) in train mode,
-then every frozen parameter is bit-identical, every trainable one changed, frozen BatchNorm
-statistics are unchanged, and the trainable count equals a hand count over parameter names.
-Also checked here: the Paddle behaviour the module relies on or works around.
+then every frozen parameter is bit-identical, every trainable one changed, BatchNorm statistics
+move exactly where the BatchNorm policy says, and the trainable count equals a hand count over
+parameter names. The policy's outcome is checked over every order of calls. Also checked here:
+the Paddle behaviour the module relies on or works around.
 """
+
+import itertools
 
 import numpy as np
 import paddle
@@ -91,6 +94,21 @@ def changed(before, model):
     return {n for n, p in model.named_parameters() if not np.array_equal(before[n], p.numpy())}
 
 
+def apply(model, name, **kw):
+    """Apply a strategy by its short name; returns the callbacks the training loop needs."""
+    if name == "gradual":
+        callback = st.GradualUnfreezing(model, **kw)
+        callback.apply(0)
+        return [callback]
+    {"full": st.fine_tune_all, "top": st.train_top, "freeze_bottom": st.freeze_bottom,
+     "head": st.new_head_only}[name](model, **kw)
+    return []
+
+
+def batch_norms(model):
+    return [(n, s) for n, s in model.named_sublayers() if layers.is_batch_norm(s)]
+
+
 # ---------------------------------------------------------------------------------------------
 # each strategy, on a CNN with BatchNorm and on Transformers
 
@@ -119,7 +137,7 @@ CASES = [
 def test_strategy_trains_exactly_the_chosen_parameters(kind, name, kw, prefixes):
     paddle.seed(1)
     model = BUILD[kind]()
-    callbacks = st.apply_strategy(model, name, **kw)
+    callbacks = apply(model, name, **kw)
     assert len(callbacks) == (name == "gradual")
     optimizer = adamw(model)
     model.train()  # must not undo the frozen BatchNorm behaviour
@@ -135,15 +153,14 @@ def test_strategy_trains_exactly_the_chosen_parameters(kind, name, kw, prefixes)
     assert st.count_parameters(model) == (hand_count(model, prefixes), hand_count(model, ALL))
 
     if kind == "resnet":
-        # running statistics move exactly in the trained blocks (stem BN is bn1.)
-        stats = {n for n in before if n.endswith(STATS)}
-        trained_stats = {n for n in stats if n.startswith(prefixes)}
-        assert moved & stats == trained_stats
+        # the default policy, bn="inference": no running statistic moves, frozen or not
+        assert not {n for n in moved if n.endswith(STATS)}
+        assert all(bn._use_global_stats is True for _, bn in batch_norms(model))
     if kind == "llama":
         assert model.lm_head.weight is model.llama.embed_tokens.weight
 
 
-def test_train_top_zero_is_head_only_and_counts():
+def test_head_only_counts_and_block_table_modes():
     model = paddle.vision.models.resnet18(pretrained=False, num_classes=1000)
     assert st.count_parameters(model) == (11_689_512, 11_689_512)
     assert st.train_top(model, 0) == ["fc"]
@@ -153,11 +170,90 @@ def test_train_top_zero_is_head_only_and_counts():
     assert st.freeze_bottom(model, 5) == ["fc"]
     assert st.train_top(model, 5) == layers.block_names(model)
     table = st.block_table(model)
-    assert "running stats kept" not in table and table.endswith("(100.0%)")
-    st.train_top(model, 1)
+    assert table.count("running stats kept") == 5 and table.endswith("(100.0%)")
+    st.train_top(model, 5, bn="frozen_blocks")
+    assert "running stats kept" not in st.block_table(model)
+    st.train_top(model, 1, bn="frozen_blocks")
     lines = st.block_table(model).splitlines()
     assert lines[1].split()[1:] == ["stem", "9,536", "0", "running", "stats", "kept"]
+    assert lines[5].split()[1:] == ["layer4", "8,393,728", "8,393,728", "batch", "stats"]
     assert lines[6].split()[1:] == ["fc", "513,000", "513,000", "-"]
+
+
+def test_block_table_reads_the_layers_own_batchnorm_mode():
+    model = resnet()
+    for _, bn in batch_norms(model):
+        bn._use_global_stats = True          # the recipe set by hand, no strategy involved
+    assert st.block_table(model).count("running stats kept") == 5
+    model.layer2[0].bn1._use_global_stats = None
+    assert st.block_table(model).splitlines()[3].split()[-2:] == ["4/5", "kept"]  # layer2
+
+
+# ---------------------------------------------------------------------------------------------
+# the BatchNorm policy: a function of the policy and the training blocks, never of history
+
+def expected_flag(policy, training):
+    return {"inference": True, "frozen_blocks": None if training else True,
+            "train": None}[policy]
+
+
+CALLS = {"freeze_bottom(2)": lambda m, bn: st.freeze_bottom(m, 2, bn=bn),
+         "fine_tune_all": lambda m, bn: (st.fine_tune_all(m, bn=bn), layers.block_names(m))[1],
+         "train_top(1)": lambda m, bn: st.train_top(m, 1, bn=bn),
+         "recipe by hand": None}  # every BatchNorm set to running statistics between calls
+
+
+@pytest.mark.parametrize("policy", st.BN_POLICIES)
+def test_batchnorm_mode_is_the_policys_in_every_call_order(policy):
+    model = resnet()
+    owner = {id(bn): name for name, block in layers.blocks(model)
+             for bn in block.sublayers(include_self=True) if layers.is_batch_norm(bn)}
+    for order in itertools.permutations(CALLS):
+        for call in order:
+            if CALLS[call] is None:
+                for _, bn in batch_norms(model):
+                    bn._use_global_stats = True
+                continue
+            training = set(CALLS[call](model, policy))
+            got = {n: bn._use_global_stats for n, bn in batch_norms(model)}
+            want = {n: expected_flag(policy, owner[id(bn)] in training)
+                    for n, bn in batch_norms(model)}
+            assert got == want, (order, call)
+            affine = {n: bn.weight.stop_gradient for n, bn in batch_norms(model)}
+            assert affine == {n: policy != "train" and owner[id(bn)] not in training
+                              for n, bn in batch_norms(model)}, (order, call)
+
+
+@pytest.mark.parametrize("policy, moves", [("inference", "none"),
+                                           ("frozen_blocks", "training blocks"),
+                                           ("train", "all")])
+def test_frozen_blocks_keep_their_statistics_bit_identical(policy, moves):
+    paddle.seed(2)
+    model = resnet()
+    st.freeze_bottom(model, 3, bn=policy)       # stem, layer1, layer2 frozen
+    optimizer = adamw(model)
+    before = snapshot(model)
+    train_steps("resnet", model, optimizer)     # train mode throughout
+    stats = {n for n in before if n.endswith(STATS)}
+    frozen = {n for n in stats if n.startswith(("bn1.", "layer1.", "layer2."))}
+    moved = changed(before, model) & stats
+    expected = {"none": set(), "training blocks": stats - frozen, "all": stats}[moves]
+    assert moved == expected
+
+
+def test_n_and_k_count_blocks_below_the_head():
+    """The documented convention, on the grids' calls: train_top(n) = freeze_bottom(B - 1 - n)."""
+    from finetune_helpers.zoo.efficientnet import EfficientNetLite0
+    model = EfficientNetLite0(num_classes=10)
+    names = layers.block_names(model)
+    assert st.train_top(model, 2) == ["stage7", "head_conv", "fc"]
+    assert st.freeze_bottom(model, 4) == names[4:] and names[:4] == ["stem", "stage1", "stage2",
+                                                                      "stage3"]
+    for n in range(len(names)):
+        st.train_top(model, n)
+        top = [p.stop_gradient for p in model.parameters()]
+        st.freeze_bottom(model, len(names) - 1 - n)
+        assert [p.stop_gradient for p in model.parameters()] == top, n
 
 
 def test_head_only_on_tied_lm_is_refused():
@@ -170,10 +266,10 @@ def test_head_only_on_tied_lm_is_refused():
         st.GradualUnfreezing(model, mode="chain_thaw")
 
 
-def test_train_bn_keeps_batchnorm_training_in_frozen_blocks():
+def test_bn_train_policy_trains_batchnorm_affine_in_frozen_blocks():
     paddle.seed(2)
     model = resnet()
-    st.new_head_only(model, train_bn=True)
+    st.new_head_only(model, bn="train")
     bn_names = {n for n, s in model.named_sublayers() if isinstance(s, nn.BatchNorm2D)}
     bn_affine = tuple(f"{n}.{w}" for n in bn_names for w in ("weight", "bias"))
     expected = {n for n in learnable_names(model) if n.startswith(("fc.",) + bn_affine)}
@@ -192,7 +288,7 @@ def test_freeze_and_unfreeze_layers_and_parameters():
     model = resnet()
     st.freeze(model.layer1)
     bn = model.layer1[0].bn1
-    assert bn._use_global_stats is True and st.bn_frozen(bn)
+    assert bn._use_global_stats is True and st.bn_mode(bn) == "running stats"
     assert all(p.stop_gradient for p in model.layer1.parameters())
     model.train()
     before = snapshot(model)
@@ -207,7 +303,9 @@ def test_freeze_and_unfreeze_layers_and_parameters():
     np.testing.assert_array_equal(y_train, bn(x).numpy())
 
     st.unfreeze(model.layer1)
-    assert bn._use_global_stats is None and not st.bn_frozen(bn)  # the layer's own value
+    assert bn._use_global_stats is True                # the default policy: inference
+    st.unfreeze(model.layer1, bn="frozen_blocks")
+    assert bn._use_global_stats is None and st.bn_mode(bn) == "batch stats"
     assert not bn.weight.stop_gradient
     assert bn._mean.stop_gradient and bn._variance.stop_gradient  # statistics never train
 
@@ -215,22 +313,32 @@ def test_freeze_and_unfreeze_layers_and_parameters():
     assert model.fc.weight.stop_gradient and not model.fc.bias.stop_gradient
     st.unfreeze([model.fc.weight])
     assert not model.fc.weight.stop_gradient
-    st.freeze(model.layer2, train_bn=True)
+    st.freeze(model.layer2, bn="train")
     assert model.layer2[0].conv1.weight.stop_gradient
     assert not model.layer2[0].bn1.weight.stop_gradient
-    assert not st.bn_frozen(model.layer2[0].bn1)
-    st.fine_tune_all(model)
+    assert st.bn_mode(model.layer2[0].bn1) == "batch stats"
+    st.fine_tune_all(model, bn="frozen_blocks")
     assert st.count_parameters(model)[0] == st.count_parameters(model)[1]
-    assert not any(st.bn_frozen(s) for s in model.sublayers() if layers.is_batch_norm(s))
+    assert all(st.bn_mode(s) == "batch stats" for _, s in batch_norms(model))
 
 
-def test_sync_batch_norm_cannot_be_frozen():
+def test_sync_batch_norm_cannot_keep_running_statistics():
     layer = nn.Sequential(nn.Conv2D(3, 4, 1), nn.SyncBatchNorm(4))
-    with pytest.raises(NotImplementedError, match="train_bn=True"):
+    with pytest.raises(NotImplementedError, match="bn='train'"):
         st.freeze(layer)
     assert not layer[0].weight.stop_gradient      # nothing half-done
-    st.freeze(layer, train_bn=True)
+    assert layer[1]._use_global_stats is None
+    blocks = [("conv", layer[0]), ("norm", layer[1])]
+    for policy in ("inference", "frozen_blocks"):
+        with pytest.raises(NotImplementedError, match="SyncBatchNorm ignores _use_global_stats"):
+            st.train_blocks(layer, ["conv"], blocks=blocks, bn=policy)   # SyncBN frozen
+    with pytest.raises(NotImplementedError):
+        st.fine_tune_all(layer)                   # "inference" wants running stats everywhere
+    assert not layer[0].weight.stop_gradient
+    st.freeze(layer, bn="train")
     assert layer[0].weight.stop_gradient and not layer[1].weight.stop_gradient
+    st.train_blocks(layer, ["norm"], blocks=blocks, bn="frozen_blocks")  # SyncBN trains
+    assert layer[1]._use_global_stats is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +392,7 @@ def test_gradual_refuses_optimizer_without_frozen_parameters():
     cb = st.GradualUnfreezing(model)
     with pytest.raises(ValueError, match=r"does not hold the parameters of block\(s\) \['stem'"):
         cb.on_epoch_begin(0, model, optimizer)
-    [applied] = st.apply_strategy(model, "gradual")   # epoch 0 already applied: still checked
+    [applied] = apply(model, "gradual")   # epoch 0 already applied: still checked
     with pytest.raises(ValueError, match="does not hold the parameters"):
         applied.on_epoch_begin(0, model, optimizer)
     applied.on_epoch_begin(0, model, adamw(model))
@@ -348,7 +456,7 @@ def test_ulmfit_schedule_and_updates_with_one_optimizer():
 def test_chain_thaw_order_and_updates():
     paddle.seed(5)
     model = resnet()
-    cb = st.GradualUnfreezing(model, mode="chain_thaw")
+    cb = st.GradualUnfreezing(model, mode="chain_thaw", bn="frozen_blocks")
     names = layers.block_names(model)
     expected = [["fc"], ["stem"], ["layer1"], ["layer2"], ["layer3"], ["layer4"], names]
     assert cb.schedule() == expected and cb.epochs_to_full == 7
@@ -421,74 +529,6 @@ def test_discriminative_groups_tied_lm():
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoints
-
-def test_plain_paddle_optimizer_reload_fails_in_process(tmp_path):
-    """Why save_checkpoint exists: Paddle matches optimizer state by generated names."""
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    optimizer = paddle.optimizer.AdamW(0.01, parameters=model.parameters())
-    model(paddle.randn([8, 4])).pow(2).mean().backward()
-    optimizer.step()
-    paddle.save(optimizer.state_dict(), str(tmp_path / "o.pdopt"))
-    again = paddle.optimizer.AdamW(0.01, parameters=model.parameters())  # same model, new object
-    again.set_state_dict(paddle.load(str(tmp_path / "o.pdopt")))
-    model(paddle.randn([8, 4])).pow(2).mean().backward()
-    with pytest.raises(AssertionError, match="should in state dict"):
-        again.step()
-
-
-def test_checkpoint_round_trip_continues_bit_identically(tmp_path):
-    """ULMFiT recipe (gradual unfreezing + discriminative rates, one optimizer with a scheduler):
-    save after epoch 1, reload into NEW model and optimizer objects, continue into epoch 2 (a
-    block that never had optimizer state unfreezes): identical to never having stopped."""
-    def setup(seed):
-        paddle.seed(seed)
-        model = resnet()
-        scheduler = paddle.optimizer.lr.StepDecay(1e-3, step_size=1, gamma=0.5)
-        optimizer = paddle.optimizer.AdamW(scheduler, weight_decay=0.01,
-                                           parameters=st.discriminative_lr_groups(model))
-        return model, optimizer, scheduler, st.GradualUnfreezing(model, start=2)
-
-    model, optimizer, scheduler, cb = setup(8)
-    cb.on_train_begin(model, optimizer)
-    for epoch in range(2):
-        cb.on_epoch_begin(epoch, model, optimizer)
-        train_steps("resnet", model, optimizer, steps=1, seed=epoch)
-        scheduler.step()
-    path = str(tmp_path / "ckpt.pdparams")
-    st.save_checkpoint(path, model, optimizer, epoch=1)
-
-    model2, optimizer2, scheduler2, cb2 = setup(9)
-    assert st.load_checkpoint(path, model2, optimizer2) == {"epoch": 1}
-    # frozen flags, BatchNorm modes, multipliers and weights are back, before any callback
-    for (n, p), (n2, p2) in zip(model.named_parameters(), model2.named_parameters()):
-        assert n == n2 and p.stop_gradient == p2.stop_gradient
-        assert p.optimize_attr["learning_rate"] == p2.optimize_attr["learning_rate"]
-        np.testing.assert_array_equal(p.numpy(), p2.numpy())
-    bns = [(s, s2) for s, s2 in zip(model.sublayers(), model2.sublayers())
-           if layers.is_batch_norm(s)]
-    assert [st.bn_frozen(s) for s, _ in bns] == [st.bn_frozen(s2) for _, s2 in bns]
-    assert [s._use_global_stats for s, _ in bns] == [s2._use_global_stats for _, s2 in bns]
-    assert sum(st.bn_frozen(s) for s, _ in bns) > 0
-    assert scheduler2.last_epoch == scheduler.last_epoch
-
-    for m, opt, c in ((model, optimizer, cb), (model2, optimizer2, cb2)):
-        c.on_epoch_begin(2, m, opt)
-        train_steps("resnet", m, opt, steps=2, seed=2)
-    assert cb2.log[-1]["trainable"] == ["layer2", "layer3", "layer4", "fc"]
-    for (n, p), p2 in zip(model.named_parameters(), model2.parameters()):
-        np.testing.assert_array_equal(p.numpy(), p2.numpy(), err_msg=n)
-
-
-def test_load_checkpoint_rejects_plain_state_dict(tmp_path):
-    model = nn.Linear(2, 2)
-    path = str(tmp_path / "plain.pdparams")
-    paddle.save(model.state_dict(), path)
-    with pytest.raises(ValueError, match="not a checkpoint written by save_checkpoint"):
-        st.load_checkpoint(path, model)
-
-
-# ---------------------------------------------------------------------------------------------
 # bad input: the error names the valid range or names
 
 @pytest.fixture(scope="module")
@@ -503,9 +543,9 @@ def small_resnet():
     (lambda m: st.freeze_bottom(m, 6),
      r"k \(frozen blocks from the input\) must be an int in 0\.\.5"),
     (lambda m: st.freeze_bottom(m, -2), r"0\.\.5"),
-    (lambda m: st.apply_strategy(m, "lora"),
-     r"unknown strategy 'lora'; valid names: \['full', 'top', 'freeze_bottom', 'head', 'gradual'\]"),
-    (lambda m: st.apply_strategy(m, "full", n=2), "takes no options"),
+    (lambda m: st.train_top(m, 1, bn="eval"),
+     r"bn must be one of \['inference', 'frozen_blocks', 'train'\], got 'eval'"),
+    (lambda m: st.GradualUnfreezing(m, bn=True), r"bn must be one of"),
     (lambda m: st.discriminative_lr_groups(m, factor=0), r"factor must be a number > 0"),
     (lambda m: st.discriminative_lr_groups(m, factor=-2.6), r"factor must be a number > 0"),
     (lambda m: st.discriminative_lr_groups(m, head_multiplier=0), "head_multiplier must be > 0"),

@@ -1,10 +1,8 @@
-"""finetune_helpers.train: the loop learns, measures, repeats exactly, and schedules like ULMFiT."""
+"""finetune_helpers.train: the loop learns, measures, repeats exactly, evaluates when asked,
+and evaluation never changes what trains."""
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import paddle
@@ -12,10 +10,10 @@ import pytest
 from paddle import nn
 from sklearn.datasets import load_digits
 
-from finetune_helpers import train
-from finetune_helpers.train import History, evaluate, fit, output_field, predict, slanted_triangular
-
-ROOT = Path(__file__).resolve().parents[1]
+from finetune_helpers.batches import IGNORE_INDEX, output_field
+from finetune_helpers.report import report
+from finetune_helpers.schedules import slanted_triangular
+from finetune_helpers.train import History, evaluate, fit, predict
 
 
 class ArrayDataset(paddle.io.Dataset):
@@ -136,6 +134,13 @@ def test_callbacks_are_called_in_order(digits):
                       ("train_end", 2)]
 
 
+def sched_at(lr, total, t):
+    sched = slanted_triangular(lr, total_steps=total)
+    for _ in range(t):
+        sched.step()
+    return sched()
+
+
 def test_max_steps_and_scheduler_stepping(digits):
     train_ds, _ = digits
     paddle.seed(0)
@@ -145,8 +150,8 @@ def test_max_steps_and_scheduler_stepping(digits):
     h = fit(model, loader(train_ds), opt, 2, max_steps_per_epoch=10, progress=False)
     assert h.series("steps") == [10, 10] and h.series("examples") == [640, 640]
     # stepped once per batch: after 10 steps the rate is STLR's value at t=10, after 20 at t=20
-    assert h.series("lr") == pytest.approx([stlr_paper(10, 20, 0.1, 32, 0.01),
-                                            stlr_paper(20, 20, 0.1, 32, 0.01)], rel=1e-12)
+    assert h.series("lr") == pytest.approx([sched_at(0.01, 20, 10), sched_at(0.01, 20, 20)],
+                                           rel=1e-12)
     step_lr = paddle.optimizer.lr.StepDecay(0.1, step_size=1, gamma=0.5)
     opt = paddle.optimizer.SGD(learning_rate=step_lr, parameters=model.parameters())
     h = fit(model, loader(train_ds), opt, 3, scheduler_step="epoch", max_steps_per_epoch=2,
@@ -162,118 +167,12 @@ def test_bad_arguments_name_the_fix(digits):
         fit(model, loader(train_ds), opt, 1, task="regression")
     with pytest.raises(ValueError, match="scheduler_step must be"):
         fit(model, loader(train_ds), opt, 1, scheduler_step="step")
-    with pytest.raises(ValueError, match="learning_rate=<the scheduler>"):
-        fit(model, loader(train_ds), opt, 1, lr_scheduler=slanted_triangular(0.1, 100))
+    with pytest.raises(ValueError, match=r"eval_at must be one of \('epoch', 'end'\).*no "
+                                         r"eval_loader"):
+        fit(model, loader(train_ds), opt, 1, eval_at="never")
     unlabeled = paddle.io.DataLoader(paddle.io.TensorDataset([paddle.rand([8, 64])]), batch_size=4)
     with pytest.raises(ValueError, match="has no labels"):
         fit(model, unlabeled, opt, 1, progress=False)
-
-
-def test_progress_env_switch(monkeypatch):
-    monkeypatch.setenv(train.PROGRESS_ENV, "0")
-    assert train.progress_enabled() is False and train.progress_enabled(True) is True
-    monkeypatch.setenv(train.PROGRESS_ENV, "1")
-    assert train.progress_enabled() is True and train.progress_enabled(False) is False
-    monkeypatch.delenv(train.PROGRESS_ENV)
-    assert train.progress_enabled() is True
-
-
-def test_output_field_reads_every_output_form():
-    logits, loss = paddle.rand([2, 3]), paddle.to_tensor(1.5)
-
-    class Out(dict):  # like PaddleNLP's ModelOutput: a dict with attributes
-        def __getattr__(self, name):
-            return self.get(name)
-
-    assert output_field(logits, "logits") is logits and output_field(logits, "loss") is None
-    assert output_field((loss, logits), "loss") is loss
-    assert output_field((loss, logits), "logits") is logits
-    assert output_field((logits, paddle.rand([2, 4])), "logits") is logits
-    assert output_field((logits,), "loss") is None
-    assert output_field(Out(loss=loss, logits=logits), "logits") is logits
-    assert output_field(Out(logits=logits), "loss") is None
-
-
-# --------------------------------------------------------------------------------------------
-# Slanted triangular learning rates.
-
-def stlr_paper(t, T, cut_frac, ratio, lr_max):
-    """Howard & Ruder 2018, eq. 3, written as in the paper."""
-    cut = math.floor(T * cut_frac)
-    p = t / cut if t < cut else 1 - (t - cut) / (cut * (1 / cut_frac - 1))
-    return lr_max * (1 + p * (ratio - 1)) / ratio
-
-
-def scheduler_values(sched, n):
-    values = []
-    for _ in range(n):
-        values.append(sched())
-        sched.step()
-    return np.array(values)
-
-
-@pytest.mark.parametrize("T,cut_frac,ratio", [(100, 0.1, 32), (1000, 0.1, 32), (60, 0.2, 10)])
-def test_stlr_equals_ulmfit_formula(T, cut_frac, ratio):
-    got = scheduler_values(slanted_triangular(0.01, T, cut_frac, ratio), T + 1)
-    want = np.array([stlr_paper(t, T, cut_frac, ratio, 0.01) for t in range(T + 1)])
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
-    assert got.argmax() == math.floor(T * cut_frac) and got.max() == pytest.approx(0.01)
-    assert got[0] == pytest.approx(0.01 / ratio) and got[-1] == pytest.approx(0.01 / ratio)
-
-
-def test_stlr_when_cut_is_not_whole():
-    # T * cut_frac = 2.5: the paper's decay length cut*(1/cut_frac - 1) = 18 != T - cut = 23,
-    # so its formula would end far below lr/ratio (negative); ours ends exactly at lr/ratio.
-    T = 25
-    assert stlr_paper(T, T, 0.1, 32, 0.01) < 0
-    got = scheduler_values(slanted_triangular(0.01, T), T + 1)
-    assert got.argmax() == 2 and got[-1] == pytest.approx(0.01 / 32) and got.min() >= 0.01 / 32 - 1e-15
-    np.testing.assert_allclose(got[:3], [stlr_paper(t, T, 0.1, 32, 0.01) for t in range(3)], rtol=1e-12)
-    np.testing.assert_allclose(np.diff(got[2:]), -(0.01 - 0.01 / 32) / 23, rtol=1e-9)
-
-
-def test_stlr_rejects_too_few_steps():
-    with pytest.raises(ValueError, match=r"raise total_steps to >= 10"):
-        slanted_triangular(0.01, 9)
-    with pytest.raises(ValueError, match="cut_frac must be in"):
-        slanted_triangular(0.01, 100, cut_frac=1.5)
-
-
-# --------------------------------------------------------------------------------------------
-# Peak memory.
-
-_PEAK_SCRIPT = """
-import sys
-from finetune_helpers import runtime; runtime.setup(seed=0, verbose=False)
-import numpy as np, paddle
-from paddle import nn
-from finetune_helpers.train import fit
-rng = np.random.default_rng(0)
-x = rng.standard_normal((4096, 256)).astype(np.float32); y = rng.integers(0, 10, 4096)
-ds = paddle.io.TensorDataset([paddle.to_tensor(x), paddle.to_tensor(y)])
-for batch_size in map(int, sys.argv[1:]):
-    paddle.seed(0)
-    model = nn.Sequential(nn.Linear(256, 4096), nn.ReLU(), nn.Linear(4096, 10))
-    opt = paddle.optimizer.SGD(learning_rate=0.01, parameters=model.parameters())
-    h = fit(model, paddle.io.DataLoader(ds, batch_size=batch_size), opt, 1,
-            max_steps_per_epoch=1, progress=False)
-    print(h.peak_rss_mib - h.start_rss_mib, h.peak_rss_mib)
-"""
-
-
-def test_peak_memory_grows_with_batch_size():
-    # A fresh process: paddle's allocator keeps freed blocks, so in a long test session a big
-    # batch may reuse memory an earlier test already took and the RSS would not grow.
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, "16", "4096", "16"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    (small_delta, small_peak), (big_delta, big_peak), (again_delta, _) = [
-        tuple(map(float, line.split())) for line in out.stdout.strip().splitlines()]
-    assert small_peak > 0 and big_peak > 0
-    # activations alone: 4096 x 4096 x 4 B = 64 MiB each
-    assert big_delta > small_delta + 100, (small_delta, big_delta)
-    # the peak is reset at the start of each run: a small run after a big one is small again
-    assert again_delta < 50, (again_delta, big_delta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +211,7 @@ def test_dict_batches_train_a_tiny_bert():
     np.testing.assert_allclose(logits[:32], direct.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_lm_task_with_tiny_llama():
+def test_lm_task_trains_a_tiny_llama_and_scores_counted_tokens_only():
     from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
     paddle.seed(0)
     cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -328,7 +227,7 @@ def test_lm_task_with_tiny_llama():
         for i in range(0, len(rows), 16):
             ids = rows[i:i + 16]
             labels = ids[:, 1:].copy()
-            labels[:, :3] = train.IGNORE_INDEX  # prompt-like tokens that do not count
+            labels[:, :3] = IGNORE_INDEX  # prompt-like tokens that do not count
             out.append({"input_ids": paddle.to_tensor(ids[:, :-1]),  # labels already shifted
                         "labels": paddle.to_tensor(labels)})
         return out
@@ -345,11 +244,66 @@ def test_lm_task_with_tiny_llama():
     # the eval loss is the mean over counted tokens: check against the logits by hand
     logits = predict(model, [{"input_ids": b["input_ids"]} for b in eval_b], progress=False)
     labels = np.concatenate([b["labels"].numpy() for b in eval_b])
-    mask = labels != train.IGNORE_INDEX
+    mask = labels != IGNORE_INDEX
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, np.where(mask, labels, 0)[..., None], -1)[..., 0]
     assert h.last()["eval_loss"] == pytest.approx(nll[mask].mean(), rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# When to evaluate.
+
+def _run(digits, **kw):
+    train_ds, test_ds = digits
+    paddle.seed(123)
+    model = mlp(dropout=0.3)
+    opt = paddle.optimizer.AdamW(learning_rate=1e-2, parameters=model.parameters())
+    h = fit(model, loader(train_ds, batch_size=128, shuffle=True), opt, 3, progress=False, seed=0,
+            **kw)
+    return model, h
+
+
+def test_evaluation_never_changes_what_trains(digits):
+    _, test_ds = digits
+    runs = [_run(digits), _run(digits, eval_loader=loader(test_ds)),
+            _run(digits, eval_loader=loader(test_ds), eval_at="end")]
+    losses = [np.array(h.step_losses) for _, h in runs]
+    weights = [m.state_dict()["3.weight"].numpy() for m, _ in runs]
+    assert all(np.array_equal(losses[0], x) for x in losses[1:])
+    assert all(np.array_equal(weights[0], w) for w in weights[1:])
+
+
+def test_eval_at_end_fills_the_last_epoch_that_report_reads(digits):
+    _, test_ds = digits
+    model, h = _run(digits, eval_loader=loader(test_ds), eval_at="end")
+    assert [sorted(k for k in r if k.startswith("eval_")) for r in h.epochs] == \
+        [["eval_seconds"], ["eval_seconds"], ["eval_accuracy", "eval_loss", "eval_seconds"]]
+    assert [r["eval_seconds"] > 0 for r in h.epochs] == [False, False, True]
+    metrics = evaluate(model, loader(test_ds), progress=False)
+    assert (h.last()["eval_accuracy"], h.last()["eval_loss"]) == (metrics["accuracy"],
+                                                                  metrics["loss"])
+    row = report("end only", model, h, budget="3 epochs", show=None)
+    assert (row["metric_name"], row["metric"]) == ("accuracy",
+                                                   round(100 * metrics["accuracy"], 2))
+    _, every = _run(digits, eval_loader=loader(test_ds))
+    assert all("eval_accuracy" in r for r in every.epochs)        # the default: every epoch
+    assert every.last()["eval_accuracy"] == h.last()["eval_accuracy"]
+
+
+def test_eval_at_end_evaluates_the_epoch_a_callback_stopped_at(digits):
+    _, test_ds = digits
+
+    class StopAfterFirst:
+        stop_training = False
+
+        def on_epoch_end(self, epoch, model, optimizer, logs):
+            self.stop_training = True
+
+    model, h = _run(digits, eval_loader=loader(test_ds), eval_at="end",
+                    callbacks=[StopAfterFirst()])
+    assert len(h.epochs) == 1 and h.metric_name == "accuracy"
+    assert h.last()["eval_accuracy"] == evaluate(model, loader(test_ds), progress=False)["accuracy"]
 
 
 def test_history_best_and_empty_errors():

