@@ -32,6 +32,9 @@ from typing import Any
 
 from finetune_helpers.experiments import Grid, RunSpec, Sweep
 
+#: Compute frozen bottoms once and train only the upper blocks (the same training, faster).
+#: :func:`measure_memory` turns it off to measure what a strategy costs without the cache.
+CACHE_FROZEN = True
 #: Learning rates every strategy chooses from (the head trains at 10x these).
 LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 #: Inverse regularisation strengths the raw-pixel logistic regression chooses from.
@@ -218,7 +221,7 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]
     r = VISION
     if max_epochs is None:
         max_epochs = max(r.max_epochs, min_epochs + r.patience)
-    if start:
+    if start and CACHE_FROZEN:
         model = _vision_suffix(net, start)
         sets = {s: _cached_split(s, spec.seed, start) for s in ("train", "validation", "test")}
     else:
@@ -405,7 +408,8 @@ def train_text(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
         strategies.train_blocks(net, [n for n, _ in blocks], blocks=blocks)
     elif spec.strategy == "head":
         strategies.new_head_only(net, blocks=blocks)
-        model, cached = heads.LinearHead(net), True
+        if CACHE_FROZEN:
+            model, cached = heads.LinearHead(net), True
     elif spec.strategy == "top_n":
         strategies.train_top(net, int(hp["n"]), blocks=blocks)
     elif spec.strategy == "freeze_bottom":
@@ -502,3 +506,95 @@ def text_grid(task: str = "text") -> Grid:
 def registry() -> dict[str, Grid]:
     """Every grid of the book, by name."""
     return {g.name: g for g in (vision_grid(), text_grid("text"), text_grid("text_zh"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory per strategy, each in a fresh process.
+
+#: Strategies whose memory is measured (gradual schedules end as "full"; LP-FT is "head" then
+#: "full"; the baselines train no network).
+MEMORY_STRATEGIES = ("head", "top_n", "freeze_bottom", "full", "lora", "bitfit")
+STEPS_FOR_MEMORY = 3
+
+
+def _memory_child(task: str, strategy: str) -> dict[str, Any]:
+    """In this (fresh) process: train ``strategy`` for a few steps without the frozen-feature
+    cache and return the memory the training loop added."""
+    import dataclasses
+
+    global CACHE_FROZEN, VISION, TEXT
+    CACHE_FROZEN = False
+    grid = registry()[task]
+    sweep = next(s for s in grid.sweeps if s.strategy == strategy)
+    spec = sweep.spec(grid.name, 0, sweep.values[0])
+    regime = VISION if task == "vision" else TEXT
+    small = dataclasses.replace(regime, n_train=STEPS_FOR_MEMORY * regime.batch_size,
+                                n_val=64, n_test=64, max_epochs=1)
+    if task == "vision":
+        VISION = small
+    else:
+        TEXT = small
+    result = grid.train(spec, max_epochs=1)
+    return {"train_memory_mib": result["train_memory_mib"], "steps": result["steps"],
+            "trainable_params": result.get("trainable_params")}
+
+
+def measure_memory(path: Any = None) -> dict[str, Any]:
+    """Memory each strategy's training loop adds (MiB), each measured in a fresh process.
+
+    Within one process the allocator reuses what earlier runs freed, so a run's own peak
+    cannot be read there (the grids' records show ~0 MiB after the first run). Each child
+    trains ``STEPS_FOR_MEMORY`` steps without the frozen-feature cache (so freezing's saving
+    is its own, not the cache's) and reports its peak RSS minus its RSS when training began.
+    The results go to ``book/results/memory.json`` (written atomically).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from finetune_helpers import experiments
+
+    path = Path(path or experiments.RESULTS_DIR / "memory.json")
+    out: dict[str, Any] = {"steps": STEPS_FOR_MEMORY, "tasks": {}}
+    for task in registry():
+        strategies = [s.strategy for s in registry()[task].sweeps
+                      if s.strategy in MEMORY_STRATEGIES]
+        for strategy in strategies:
+            proc = subprocess.run([sys.executable, "-m", "finetune_helpers.grids", "_memory",
+                                   task, strategy], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory of {task}/{strategy} failed:\n{proc.stderr[-2000:]}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            out["tasks"].setdefault(task, {})[strategy] = result
+            print(f"{task}/{strategy}: {result['train_memory_mib']:.0f} MiB", flush=True)
+    out.update(experiments.provenance())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m finetune_helpers.grids memory``: measure every strategy's memory."""
+    import json
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    from finetune_helpers import runtime
+
+    if args[:1] == ["_memory"] and len(args) == 3:
+        runtime.setup(seed=0, verbose=False)
+        print(json.dumps(_memory_child(args[1], args[2])))
+        return 0
+    if args == ["memory"]:
+        runtime.setup(seed=0, verbose=True)
+        measure_memory()
+        return 0
+    print("usage: python -m finetune_helpers.grids memory", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
