@@ -175,10 +175,12 @@ def _probe_stage(net: Any, head_model: Any, sets: dict[str, Any], head: Any, see
     return {"lp_" + k: v for k, v in _history_record(history, stopper).items()}
 
 
-def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
+def train_vision(spec: RunSpec, max_epochs: int | None = None,
+                 evaluate_test: bool = True) -> dict[str, Any]:
     """Train one vision run of the grid and return its record's results.
 
-    ``max_epochs`` overrides the epoch limit (the drift test re-runs first epochs only).
+    ``max_epochs`` overrides the epoch limit and ``evaluate_test=False`` skips the test set (the
+    drift test re-runs first epochs only).
     """
     from finetune_helpers import callbacks, data, recipe, strategies, train, zoo
 
@@ -234,7 +236,8 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]
                                       min_epochs=min_epochs)
     history = train.fit(model, train_loader, optimizer, max_epochs, eval_loader=val_loader,
                         callbacks=[*extra, stopper], seed=spec.seed, progress=False)
-    test = train.evaluate(model, test_loader, progress=False)
+    test = (train.evaluate(model, test_loader, progress=False) if evaluate_test
+            else {"accuracy": None, "loss": None})
     trainable, total = strategies.count_parameters(net)
     return {**_history_record(history, stopper), **probe,
             "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
@@ -381,9 +384,10 @@ def _lora(model: Any) -> Any:
     return LoRAModel(model, config)
 
 
-def train_text(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
-    """Train one text run of the grid and return its record's results (``max_epochs``: as in
-    :func:`train_vision`)."""
+def train_text(spec: RunSpec, max_epochs: int | None = None,
+               evaluate_test: bool = True) -> dict[str, Any]:
+    """Train one text run of the grid and return its record's results (``max_epochs`` and
+    ``evaluate_test``: as in :func:`train_vision`)."""
     from finetune_helpers import callbacks, data, heads, recipe, strategies, train
 
     if spec.strategy == "probe_logreg":
@@ -447,7 +451,8 @@ def train_text(spec: RunSpec, max_epochs: int | None = None) -> dict[str, Any]:
         max_epochs = max(r.max_epochs, min_epochs + r.patience)
     history = train.fit(model, train_loader, optimizer, max_epochs, eval_loader=val_loader,
                         callbacks=[*extra, stopper], seed=spec.seed, progress=False)
-    test = train.evaluate(model, test_loader, progress=False)
+    test = (train.evaluate(model, test_loader, progress=False) if evaluate_test
+            else {"accuracy": None, "loss": None})
     trainable, total = strategies.count_parameters(net)
     result = {**_history_record(history, stopper), **probe,
               "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
