@@ -86,13 +86,10 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
     ref = by_strategy.get(reference)
     out = []
     for strategy, (config, runs) in by_strategy.items():
-        scores = {r["seed"]: 100.0 * float(r["test"][metric]) for r in runs}
+        scores = _percent_by_seed(runs, metric)
         diff = None
         if ref is not None and strategy != reference:
-            ref_scores = {r["seed"]: 100.0 * float(r["test"][metric]) for r in ref[1]}
-            seeds = sorted(set(scores) & set(ref_scores))
-            if seeds:
-                diff = experiments.mean_se([scores[s] - ref_scores[s] for s in seeds])
+            diff = _paired_percent(runs, ref[1], metric)
         sweep = runs[0].get("sweep") or {}
         out.append(Row(
             strategy=strategy, config=config,
@@ -162,7 +159,9 @@ def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path |
 
 def paired(grid: str, a: str, b: str, *, metric: str = "accuracy",
            results_dir: Path | None = None) -> Estimate:
-    """Strategy ``a`` minus strategy ``b`` (test ``metric`` in points), paired by seed."""
+    """Strategy ``a`` minus strategy ``b`` (test ``metric`` in points), paired by seed.
+
+    Raises ``ValueError`` when the two share no seed."""
     records = experiments.load(experiments.results_path(grid, results_dir))
     shown, _ = experiments.reported(records, metric)
     config = {runs[0]["strategy"]: c for c, runs in shown.items()}
@@ -170,8 +169,24 @@ def paired(grid: str, a: str, b: str, *, metric: str = "accuracy",
     if missing:
         raise KeyError(f"grid {grid!r} has no reported results for {missing}; "
                        f"known: {sorted(config)}")
-    d = experiments.paired_difference(records, config[a], config[b], metric)
-    return Estimate(100.0 * d.mean, 100.0 * d.se, d.n)
+    d = _paired_percent(shown[config[a]], shown[config[b]], metric)
+    if d is None:
+        raise ValueError(f"{a!r} and {b!r} share no seed in grid {grid!r}: cannot pair them")
+    return d
+
+
+def _percent_by_seed(runs: Sequence[dict], metric: str) -> dict[int, float]:
+    return {r["seed"]: 100.0 * float(r["test"][metric]) for r in runs}
+
+
+def _paired_percent(runs: Sequence[dict], reference: Sequence[dict], metric: str
+                    ) -> Estimate | None:
+    """Mean and interval of (runs - reference) in points over the seeds both have."""
+    a, b = _percent_by_seed(runs, metric), _percent_by_seed(reference, metric)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    return experiments.mean_se([a[s] - b[s] for s in seeds])
 
 
 def compare(grid: str, a: str, b: str, *, metric: str = "accuracy",
