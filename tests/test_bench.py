@@ -189,6 +189,7 @@ def test_bench_runs_as_a_script_outside_the_package():
     assert out.stderr.startswith("usage: python benchmarks/bench.py")
 
 
+@pytest.mark.slow  # times real training steps
 def test_bench_quick_end_to_end(capsys):
     assert bench.main(["--quick"]) == 0
     out = capsys.readouterr().out

@@ -327,6 +327,7 @@ def _history(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_launch_ran_two_ranks_and_only_rank0_prints(runs):
     result, _, _ = runs
     assert result.lines("worker done", rank=0) == ["worker done"]
@@ -336,6 +337,7 @@ def test_launch_ran_two_ranks_and_only_rank0_prints(runs):
     assert "train 3/3" in result.worker_logs[0] and "train" not in result.worker_logs[1]
 
 
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_checkpoint_written_by_rank0_only_and_readable_by_all(runs):
     _, dp, _ = runs
     records = [_history(dp / f"gradual.rank{r}.ckpt.json") for r in (0, 1)]
@@ -344,6 +346,7 @@ def test_checkpoint_written_by_rank0_only_and_readable_by_all(runs):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_weights_identical_across_ranks(runs, strategy):
     _, dp, _ = runs
     rank0, rank1 = _weights(dp / f"{strategy}.rank0.npz"), _weights(dp / f"{strategy}.rank1.npz")
@@ -353,6 +356,7 @@ def test_weights_identical_across_ranks(runs, strategy):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_frozen_weights_unchanged_and_trained_ones_moved(runs, strategy):
     _, dp, _ = runs
     start = _weights(dp / f"{strategy}.start.npz")
@@ -369,6 +373,7 @@ def test_frozen_weights_unchanged_and_trained_ones_moved(runs, strategy):
             assert not np.array_equal(start[name], end[name]), f"{strategy}: {name} never trained"
 
 
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_gradual_unfreezing_unfroze_the_same_blocks_on_both_ranks(runs):
     _, dp, _ = runs
     logs = [_history(dp / f"gradual.rank{r}.json")["log"] for r in (0, 1)]
@@ -377,6 +382,7 @@ def test_gradual_unfreezing_unfroze_the_same_blocks_on_both_ranks(runs):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_two_processes_match_one_process_with_the_same_global_batch(runs, strategy):
     _, dp, ref = runs
     two, one = _weights(dp / f"{strategy}.rank0.npz"), _weights(ref / f"{strategy}.rank0.npz")
@@ -395,6 +401,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs, strate
     assert last < first - 0.05, f"{strategy}: training loss {first:.3f} -> {last:.3f}"
 
 
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_language_model_losses_are_weighted_by_counted_tokens(runs):
     # The pieces hold different numbers of counted tokens (labels != -100): without the
     # token weighting the 2-process gradient would differ from the 1-process one.
@@ -411,6 +418,7 @@ def test_language_model_losses_are_weighted_by_counted_tokens(runs):
         assert e2["eval_perplexity"] == pytest.approx(e1["eval_perplexity"], rel=1e-5)
 
 
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_batches_drawn_in_different_orders_are_an_error(runs):
     _, dp, _ = runs
     for r in (0, 1):
@@ -418,6 +426,7 @@ def test_batches_drawn_in_different_orders_are_an_error(runs):
         assert "drew different batches" in message and "seed=0" in message, message
 
 
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_plain_dataparallel_does_not_sync_a_block_unfrozen_later(runs):
     # The Paddle behaviour that fit() works around (distributed.sync_trainable): if this starts
     # failing, Paddle began to synchronise such blocks by itself.
@@ -427,6 +436,7 @@ def test_plain_dataparallel_does_not_sync_a_block_unfrozen_later(runs):
     assert not np.array_equal(rank0["w0"], rank1["w0"])  # unfrozen later: drifted apart
 
 
+@pytest.mark.slow  # launches two real processes (the runs fixture)
 def test_ranks_training_different_parameters_is_an_error(runs):
     _, dp, _ = runs
     for r in (0, 1):

