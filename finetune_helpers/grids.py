@@ -7,6 +7,9 @@ them). The protocol, stated once here and on the pages that show the results:
 * **Data.** Vision: Fashion-MNIST at 96 px (EfficientNet-Lite0's last stage then sees 3x3
   maps), 1,000 training images drawn by the seed, a fixed validation set of 500 carved from the
   official training split, a fixed test set of 2,000 from the official test split (balanced).
+  Text: 1,000 / 500 / 1,500 from the corpus's de-duplicated train / validation / test splits
+  (tweets with MiniLM; Chinese reviews with multilingual-e5-small), at most 64 tokens, the
+  sentence vector the mean of the last hidden states over real tokens.
 * **Seed.** Changes the training subset, the new head's initialisation, the data order and
   dropout. Validation and test sets never change.
 * **Recipe.** AdamW (weight decay 0.01), the new head at 10x the body's rate, every BatchNorm
@@ -14,11 +17,14 @@ them). The protocol, stated once here and on the pages that show the results:
 * **Stopping.** Score the validation set after every epoch; stop after 2 epochs without a
   better validation accuracy (gradual schedules: not before every block trains), at most
   :attr:`Regime.max_epochs`; test the weights of the best epoch (the ``EarlyStopping`` rule).
-* **Learning rate.** Chosen on validation from three values at seed 0; seeds 1 and 2 run at
-  the chosen value (:class:`finetune_helpers.experiments.Sweep`).
+* **Learning rate.** Chosen on validation from three values at seed 0, one more value tried
+  when the best is at the edge of the range; seeds 1 and 2 run at the chosen value
+  (:class:`finetune_helpers.experiments.Sweep`).
 * **Caching.** When a strategy keeps the bottom blocks frozen for the whole run, their outputs
   are computed once per data set (frozen blocks in inference mode give the same output every
   epoch) and only the upper blocks run in training; the result is the same training, faster.
+  (Text "head only" caches the encoder in inference mode, i.e. without its dropout: the
+  usual linear probe. Other text strategies run their frozen layers in train mode.)
 
 Run a grid with ``python -m finetune_helpers.experiments run vision`` (resumable).
 """
