@@ -47,7 +47,7 @@ class Row:
     trainable_params: int | None
     epochs: float | None
     train_s: float                # training loop (epochs + validation), mean over seeds
-    memory_mib: float | None      # memory the training loop added, mean over seeds
+    memory_mib: float | None      # memory the training loop adds (memory.json), MiB
     hit_limit: int = 0            # seeds whose run was stopped by the epoch limit
 
     @property
@@ -73,9 +73,30 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+#: Memory of the strategies that train like another one (a gradual schedule ends training
+#: everything; LP-FT's second stage is full fine-tuning).
+MEMORY_AS = {"gradual_ulmfit": "full", "gradual_bottom_up": "full", "lp_ft": "full"}
+
+
+def memory(results_dir: Path | None = None) -> dict[str, dict[str, float]]:
+    """Memory each strategy's training loop adds, in MiB, by grid and strategy, from
+    ``memory.json`` (``python -m finetune_helpers.grids memory``, each strategy measured in a
+    fresh process); empty when that file does not exist."""
+    import json
+
+    path = Path(results_dir or experiments.RESULTS_DIR) / "memory.json"
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())["tasks"]
+    return {task: {s: float(v["train_memory_mib"]) for s, v in by.items()}
+            for task, by in stored.items()}
+
+
 def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
+         strategies: Sequence[str] | None = None,
          results_dir: Path | None = None) -> list[Row]:
-    """The reported configurations of ``grid`` (chosen learning rates only), in grid order."""
+    """The reported configurations of ``grid`` (chosen learning rates only), in grid order;
+    only ``strategies`` (and the baselines) when given."""
     records = experiments.load(experiments.results_path(grid, results_dir))
     if not records:
         raise FileNotFoundError(
@@ -84,8 +105,11 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
     shown, _ = experiments.reported(records, metric)
     by_strategy = {runs[0]["strategy"]: (config, runs) for config, runs in shown.items()}
     ref = by_strategy.get(reference)
+    mib = memory(results_dir).get(grid, {})
     out = []
     for strategy, (config, runs) in by_strategy.items():
+        if strategies is not None and strategy not in strategies and strategy not in BASELINES:
+            continue
         scores = _percent_by_seed(runs, metric)
         diff = None
         if ref is not None and strategy != reference:
@@ -99,7 +123,7 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
             trainable_params=runs[0].get("trainable_params"),
             epochs=_mean([r.get("epochs") for r in runs]),
             train_s=_mean([r.get("train_s", r["wall_s"]) for r in runs]) or 0.0,
-            memory_mib=_mean([r.get("train_memory_mib") for r in runs]),
+            memory_mib=mib.get(MEMORY_AS.get(strategy, strategy)),
             hit_limit=sum(bool(r.get("hit_limit")) for r in runs)))
     return out
 
@@ -112,18 +136,51 @@ def _interval(e: Estimate) -> str:
 
 def markdown(table: Sequence[Row], *, reference: str = "full") -> str:
     """A Markdown table: strategy, test accuracy mean ± s.e., paired difference with its 95 %
-    interval, verdict, chosen learning rate, trainable parameters, epochs, time per run."""
+    interval, verdict, chosen learning rate, trainable parameters, epochs, time per run and,
+    where measured, the memory training adds."""
+    with_memory = any(r.memory_mib is not None for r in table)
     head = ("| strategy | test accuracy (%) | vs. reference (points, 95 % CI) | verdict | "
-            "chosen rate | trainable | epochs | s / run |")  # s / run: the training loop
-    lines = [head, "|" + "---|" * 8]
+            "chosen lr (C) | trainable | epochs | s / run |"  # s / run: the training loop
+            + (" memory (MiB) |" if with_memory else ""))
+    lines = [head, "|" + "---|" * (9 if with_memory else 8)]
     for r in table:
         diff = _interval(r.difference) if r.difference is not None else "—"
         trainable = f"{r.trainable_params:,}" if r.trainable_params else "—"
-        epochs = f"{r.epochs:.1f}" if r.epochs is not None else "—"
+        epochs = f"{r.epochs:.1f}" if r.epochs is not None and r.strategy not in BASELINES else "—"
         lines.append(f"| {r.label} | {r.accuracy.mean:.1f} ± {r.accuracy.se:.1f} (n={r.accuracy.n})"
                      f" | {diff} | {r.verdict(reference)} | {r.lr:g} | {trainable} | {epochs} | "
-                     f"{r.train_s:.0f} |")
+                     f"{r.train_s:.0f} |"
+                     + ((f" {r.memory_mib:.0f} |" if r.memory_mib is not None else " — |")
+                        if with_memory else ""))
     return "\n".join(lines)
+
+
+def status(grid: str, results_dir: Path | None = None) -> str:
+    """One line: the grid's description and whether every planned run is stored."""
+    from finetune_helpers import grids as grid_defs
+
+    done = len(experiments.load(experiments.results_path(grid, results_dir)))
+    g = grid_defs.registry().get(grid)
+    if g is None:
+        return f"**{grid}**: {done} runs stored (not a grid of the book: planned runs unknown)"
+    missing = len(experiments.pending(g, results_dir))
+    state = ("all planned runs stored" if missing == 0 else
+             f"incomplete: {done} runs stored, at least {missing} planned runs still missing")
+    return f"**{grid}**: {g.description}; {state}"
+
+
+def section(strategies: Sequence[str], *, grids: Sequence[str] = ("vision", "text", "text_zh"),
+            reference: str = "full", results_dir: Path | None = None) -> str:
+    """Markdown for a chapter: per grid with stored records, its status line and the table of
+    ``strategies``, the reference and the baselines (grids without records are skipped)."""
+    parts = []
+    for grid in grids:
+        if not experiments.load(experiments.results_path(grid, results_dir)):
+            continue
+        wanted = list(dict.fromkeys([*strategies, reference]))
+        table = rows(grid, reference=reference, strategies=wanted, results_dir=results_dir)
+        parts += [status(grid, results_dir), "", markdown(table, reference=reference), ""]
+    return "\n".join(parts).strip() + "\n"
 
 
 def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path | None = None,

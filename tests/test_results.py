@@ -24,6 +24,10 @@ def stored(tmp_path):
     recs += [record("head", s, a) for s, a in enumerate((0.60, 0.80, 0.71))]      # noisy
     # A losing learning rate of "head": selection only, never in the table.
     recs.append(record("head", 0, 0.10, lr=1e-4, values=(1e-4, 1e-3)))
+    recs.append(record("pixels_logreg", 0, 0.65, lr=0.1, values=(0.1,)))
+    (tmp_path / "memory.json").write_text(
+        '{"steps": 3, "tasks": {"g": {"full": {"train_memory_mib": 300.0}, '
+        '"head": {"train_memory_mib": 90.0}}}}')
     for r in recs:
         if r["strategy"] == "head":
             r["sweep"]["values"] = [1e-4, 1e-3]
@@ -34,7 +38,7 @@ def stored(tmp_path):
 def test_rows_show_the_chosen_rate_and_paired_differences(stored):
     table = results.rows("g", results_dir=stored)
     by = {r.strategy: r for r in table}
-    assert set(by) == {"full", "top_n", "head"}
+    assert set(by) == {"full", "top_n", "head", "pixels_logreg"}
     assert by["head"].lr == 1e-3 and by["head"].accuracy.n == 3      # 1e-4 lost the selection
     assert by["top_n"].accuracy.mean == pytest.approx(77.666, abs=1e-2)
     d = by["top_n"].difference
@@ -42,7 +46,16 @@ def test_rows_show_the_chosen_rate_and_paired_differences(stored):
     assert by["top_n"].verdict("full") == "better than fine-tune all layers"
     assert by["head"].verdict("full") == "no difference detected at this precision"
     assert by["full"].verdict("full") == "reference"
-    assert by["full"].memory_mib == 100.0
+    # Memory comes from memory.json (fresh processes), not the in-process record (100.0).
+    assert by["full"].memory_mib == 300.0 and by["top_n"].memory_mib is None
+
+
+def test_section_shows_the_asked_strategies_with_reference_and_baselines(stored):
+    text = results.section(["head"], grids=("g", "absent"), results_dir=stored)
+    assert text.startswith("**g**: ")
+    assert "new head only" in text and "fine-tune all layers" in text and "raw pixels" in text
+    assert "top layers" not in text and "absent" not in text
+    assert "| memory (MiB) |" in text and "| 90 |" in text
 
 
 def test_markdown_and_compare_say_only_what_the_interval_supports(stored):
