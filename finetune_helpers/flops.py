@@ -99,7 +99,7 @@ def count_forward_flops(model: nn.Layer, inputs: Any, *,
     those of :func:`finetune_helpers.layers.blocks` (or ``blocks=``). Each counted layer
     belongs to the first block that holds it; counted layers in no block go to ``other``.
     """
-    named = get_blocks(model, blocks)
+    named = get_blocks(model, blocks=blocks)
     owner: dict[int, int] = {}
     for index, (_, block) in enumerate(named):
         for sub in block.sublayers(include_self=True):
@@ -184,7 +184,7 @@ def ideal_ratio(forward: Sequence[float], trainable: Sequence[bool]) -> float:
     return training_cost(forward, trainable) / full
 
 
-def trainable_blocks(model: nn.Layer, blocks: BlocksLike | None = None) -> list[bool]:
+def trainable_blocks(model: nn.Layer, *, blocks: BlocksLike | None = None) -> list[bool]:
     """Per block: does it hold a parameter that trains (``stop_gradient=False``)?"""
     return [any(not p.stop_gradient for p in params)
-            for _, params in block_parameters(model, blocks)]
+            for _, params in block_parameters(model, blocks=blocks)]

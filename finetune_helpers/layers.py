@@ -201,7 +201,7 @@ def _as_blocks(items: BlocksLike) -> list[Block]:
     return out
 
 
-def blocks(model: nn.Layer, blocks: BlocksLike | None = None) -> list[Block]:
+def blocks(model: nn.Layer, *, blocks: BlocksLike | None = None) -> list[Block]:
     """The model's blocks, input to output, as ``(name, layer)``; the last one is the head.
 
     ``blocks`` given: validated and returned (plain Layers get names ``block0``, ``block1``...).
@@ -269,7 +269,7 @@ def is_batch_norm(layer: nn.Layer) -> bool:
     return isinstance(layer, (nn.layer.norm._BatchNormBase, nn.BatchNorm))
 
 
-def block_parameters(model: nn.Layer, blocks: BlocksLike | None = None
+def block_parameters(model: nn.Layer, *, blocks: BlocksLike | None = None
                      ) -> list[tuple[str, list[paddle.Tensor]]]:
     """Learnable parameters owned by each block: a parameter held by several blocks (tied
     weights) belongs to the first of them, so every parameter is listed at most once."""

@@ -148,7 +148,7 @@ def test_frozen_bottom_backward_is_skipped(frozen, expected_calls):
         h.remove()
     assert flags == [True] * frozen + [False] * (4 - frozen)
     assert _CountBackward.calls == expected_calls
-    assert trainable_blocks(model, blocks) == [False] * frozen + [True] * (4 - frozen)
+    assert trainable_blocks(model, blocks=blocks) == [False] * frozen + [True] * (4 - frozen)
     for i, (_, layer) in enumerate(blocks):
         assert (layer[0].weight.grad is None) == (i < frozen)
 
