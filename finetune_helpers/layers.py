@@ -229,12 +229,12 @@ _resolve = blocks
 
 def block_names(model: nn.Layer, *, blocks: BlocksLike | None = None) -> list[str]:
     """Names of :func:`blocks`, input to output."""
-    return [name for name, _ in _resolve(model, blocks)]
+    return [name for name, _ in _resolve(model, blocks=blocks)]
 
 
 def head(model: nn.Layer, *, blocks: BlocksLike | None = None) -> nn.Layer:
     """The last block (the task head: ``fc``, ``classifier``, ``lm_head``...)."""
-    return _resolve(model, blocks)[-1][1]
+    return _resolve(model, blocks=blocks)[-1][1]
 
 
 def fixed_parameters(layer: nn.Layer) -> list[paddle.Tensor]:
@@ -275,7 +275,7 @@ def block_parameters(model: nn.Layer, *, blocks: BlocksLike | None = None
     weights) belongs to the first of them, so every parameter is listed at most once."""
     seen: set[int] = set()
     out = []
-    for name, layer in _resolve(model, blocks):
+    for name, layer in _resolve(model, blocks=blocks):
         own = [p for p in learnable_parameters(layer) if id(p) not in seen]
         seen.update(id(p) for p in own)
         out.append((name, own))
