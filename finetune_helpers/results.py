@@ -26,6 +26,7 @@ LABELS = {
     "head": ("new head only (transfer learning)", "迁移学习（只训新头）"),
     "lora": ("LoRA r=8", "低秩适配"),
     "bitfit": ("BitFit (biases)", "只训偏置"),
+    "lp_ft": ("LP-FT: linear probe, then fine-tune all", "先线性探针后微调"),
     "pixels_logreg": ("baseline: logistic regression on raw pixels", "基线：像素逻辑回归"),
     "probe_logreg": ("baseline: logistic regression on frozen mean-pooled vectors",
                      "基线：冻结特征逻辑回归"),
@@ -122,7 +123,9 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
             lr=runs[0]["hparams"].get(sweep.get("param", "lr")),
             trainable_params=runs[0].get("trainable_params"),
             epochs=_mean([r.get("epochs") for r in runs]),
-            train_s=_mean([r.get("train_s", r["wall_s"]) for r in runs]) or 0.0,
+            # LP-FT's time includes its first stage (the probe on cached features).
+            train_s=_mean([r.get("train_s", r["wall_s"]) + r.get("lp_train_s", 0.0)
+                           for r in runs]) or 0.0,
             memory_mib=mib.get(MEMORY_AS.get(strategy, strategy)),
             hit_limit=sum(bool(r.get("hit_limit")) for r in runs)))
     return out
@@ -180,6 +183,9 @@ def section(strategies: Sequence[str], *, grids: Sequence[str] = ("vision", "tex
         wanted = list(dict.fromkeys([*strategies, reference]))
         table = rows(grid, reference=reference, strategies=wanted, results_dir=results_dir)
         parts += [status(grid, results_dir), "", markdown(table, reference=reference), ""]
+    if not parts:
+        return (f"No stored runs yet for {', '.join(grids)}: run `python -m "
+                "finetune_helpers.experiments run GRID` (README, \"Experiments\").\n")
     return "\n".join(parts).strip() + "\n"
 
 
@@ -209,8 +215,9 @@ def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path |
     ax.set_xlabel(f"test {metric} (%): seeds (dots), mean and 95 % interval (black)")
     if title:
         ax.set_title(title)
-    if any(r.strategy in BASELINES for r in table):
-        ax.legend(loc="lower right", fontsize="small")
+    if any(r.strategy in BASELINES for r in table):  # below the axes: it hides no seed's dot
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize="small", ncol=2,
+                  frameon=False)
     return ax
 
 
