@@ -165,3 +165,12 @@ def test_chat_template(tok):
     ids = tok.encode(text)
     # special tokens stay whole: one id each
     assert ids[0] == tok.bos_token_id and ids.count(tok.eos_token_id) == 2
+
+
+def test_lm_collate_makes_the_same_batch_from_a_loader_tuple(tok):
+    texts = ("first poem line here", "a second, longer line of verse")
+    collate = sm.lm_collate(tok, 8)
+    got, want = collate(texts), sm.lm_batch(tok, list(texts), 8)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())

@@ -59,7 +59,7 @@ from finetune_helpers.cache import cached_build
 # Generic over PaddleNLP causal LMs and byte-level BPE tokenizers: reused, not copied.
 from .smollm2 import (_BLOCK_NAMES, IGNORE_INDEX, SmolLM2Tokenizer,  # noqa: F401
                       check_converted, generate_greedy, generation_speed, greedy_ids, lm_batch,
-                      next_token_distribution, perplexity)
+                      lm_collate, next_token_distribution, perplexity)
 
 if TYPE_CHECKING:  # paddle and paddlenlp load only when a function needs them
     from paddlenlp.transformers import Qwen2ForCausalLM

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -364,6 +364,15 @@ def lm_batch(tokenizer: SmolLM2Tokenizer, texts: str | Sequence[str], max_length
         batch = {k: paddle.to_tensor(v) for k, v in batch.items()}
     return batch
 
+
+
+def lm_collate(tokenizer: SmolLM2Tokenizer, max_length: int | None, add_eos: bool = False
+               ) -> Callable[[Sequence[str]], dict[str, Any]]:
+    """A ``collate_fn`` for ``paddle.io.DataLoader`` over texts: each batch of strings becomes
+    :func:`lm_batch` ``(tokenizer, texts, max_length, add_eos)``."""
+    def collate(texts: Sequence[str]) -> dict[str, Any]:
+        return lm_batch(tokenizer, list(texts), max_length, add_eos=add_eos)
+    return collate
 
 def _logits(output: Any) -> "paddle.Tensor":
     """Logits from a PaddleNLP output: a tuple (``(logits, ...)`` or ``(loss, logits, ...)``
