@@ -16,7 +16,7 @@ JB_FLAGS := --all -W -n --keep-going
 # EXECUTE=1 re-runs every notebook (saving fresh outputs) before building.
 EXECUTE ?= 0
 
-.PHONY: book test unit notebooks env apt-book apt-test widgets lab lock clean
+.PHONY: book test unit notebooks results env apt-book apt-test widgets lab lock clean
 
 book: env apt-book widgets
 ifeq ($(EXECUTE),1)
@@ -37,6 +37,12 @@ unit: env
 # Re-execute the notebooks in the test environment and store their outputs (what nbval compares).
 notebooks: env apt-book
 	$(PY) scripts/execute_notebooks.py $(NOTEBOOKS)
+
+# The chapters that render book/results/*.jsonl: their stored tables change with every new
+# record, so re-execute them (and commit) after committing records.
+RESULT_NOTEBOOKS = $(shell grep -l 'results\.\(section\|rows\|compare\|plot\|status\)' book/*.ipynb)
+results: env apt-book
+	$(PY) scripts/execute_notebooks.py $(RESULT_NOTEBOOKS)
 
 env: $(STAMP)
 
