@@ -470,6 +470,12 @@ def train_text(spec: RunSpec, max_epochs: int | None = None,
     result = {**_history_record(history, stopper), **probe,
               "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
               "trainable_params": trainable, "total_params": total, "cached_blocks": int(cached)}
+    if evaluate_test:
+        # The class predicted for each test example (the fixed test split, in order): lets
+        # another method be compared with this run on any subset of the same examples
+        # (chapter 08's few-shot prompting is scored on a subset; it costs ~2 s per review).
+        logits = train.predict(model, test_loader, progress=False)
+        result["test_predictions"] = logits.argmax(axis=-1).astype(int).tolist()
     if spec.strategy == "lora":
         result["lora_delta_norm"] = _lora_delta_norm(net)
     return result
