@@ -457,6 +457,14 @@ def summary(results_dir: Path | None = None, grids: dict[str, Grid] | None = Non
                      + (f", {missing} planned runs not yet recorded" if missing is not None else ""))
         for config, runs in shown.items():
             seeds = len({r["seed"] for r in runs})
+            if all(r.get("deterministic") for r in runs):
+                # Nothing random in this configuration (e.g. a prompt without demonstrations):
+                # one run is all there is to measure, and it is not a missing replicate.
+                lines.append(f"  {config}: 1 run (deterministic: nothing to replicate); "
+                             + ", ".join(f"{m} {float(runs[0]['test'][m]):.4g}"
+                                         for m in sorted(runs[0]["test"])))
+                n_configs += 1
+                continue
             metrics = ", ".join(
                 f"{m} {e.mean:.4g} ± {e.se:.2g}" for m in sorted(runs[0]["test"])
                 for e in [mean_se([float(r["test"][m]) for r in runs])])
@@ -470,7 +478,7 @@ def summary(results_dir: Path | None = None, grids: dict[str, Grid] | None = Non
                         f"{', '.join(f'{v:g}' for v in tried)}{edge}]")
             lines.append(f"  {config}: {seeds} seeds; {metrics}{note}")
             min_seeds = seeds if min_seeds is None else min(min_seeds, seeds)
-        n_configs += len(shown)
+            n_configs += 1
     lines.append(f"grids: {len(files)}; configurations: {n_configs}; "
                  f"min seeds per configuration: {min_seeds or 0}")
     return lines

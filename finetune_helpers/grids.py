@@ -26,6 +26,11 @@ them). The protocol, stated once here and on the pages that show the results:
   (Text "head only" caches the encoder in inference mode, i.e. without its dropout: the
   usual linear probe. Other text strategies run their frozen layers in train mode.)
 
+A fourth grid, ``fewshot_zh``, trains nothing: Qwen2.5-0.5B-Instruct classifies the Chinese
+reviews from a prompt with k = 0, 4 or 16 demonstrations (drawn by the seed from that seed's
+training subset), scored on a fixed 300-review subset of text_zh's test split; the text grids
+record every test prediction, so the fine-tuned encoders are compared on the same reviews.
+
 Run a grid with ``python -m finetune_helpers.experiments run vision`` (resumable).
 """
 
@@ -518,9 +523,95 @@ def text_grid(task: str = "text") -> Grid:
                 sweeps=sweeps, seeds=SEEDS)
 
 
+# ---------------------------------------------------------------------------------------------
+# Few-shot prompting of a Chinese instruct LM on the same reviews (no fine-tuning at all).
+
+#: Reviews of text_zh's fixed test split that few-shot prompting is scored on: a stratified,
+#: seed-0 subset. Each review costs ~2 s of Qwen2.5-0.5B on 2 cores (the whole split would take
+#: ~50 min per run); the fine-tuned encoders' recorded test predictions give their accuracy on
+#: exactly these reviews (:func:`finetune_helpers.results.on_subset`).
+FEWSHOT_N_TEST = 300
+#: Demonstrations per prompt; k = 0 draws none, so it runs at one seed only.
+FEWSHOT_K = (0, 4, 16)
+#: The drift test's cheap check: the accuracy on the first reviews of the subset.
+FEWSHOT_CHECK = 16
+
+
+def fewshot_subset() -> list[int]:
+    """Positions in text_zh's test split (``text_data("text_zh", 0)["test"]``) of the reviews
+    that few-shot prompting is scored on, in the order they are scored."""
+    from finetune_helpers import data
+
+    test = text_data("text_zh", 0)["test"]
+    return [int(i) for i in data.subset_indices(test.labels, FEWSHOT_N_TEST, seed=0,
+                                                 what="the text_zh test split")]
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen() -> tuple[Any, Any]:
+    from finetune_helpers.zoo import qwen2
+
+    return qwen2.load_qwen2(), qwen2.load_qwen2_tokenizer()
+
+
+def train_fewshot(spec: RunSpec, max_epochs: int | None = None,
+                  evaluate_test: bool = True) -> dict[str, Any]:
+    """Prompt Qwen2.5-0.5B-Instruct with ``k`` demonstrations drawn by the seed from that seed's
+    training subset, and score it on :func:`fewshot_subset` (:mod:`finetune_helpers.fewshot`).
+
+    Nothing trains; the record keeps the grids' shape: ``val`` holds the accuracy on the first
+    :data:`FEWSHOT_CHECK` reviews (what the drift test re-runs: ``evaluate_test=False``), ``test``
+    the accuracy on all of them, plain and after contextual calibration.
+    """
+    import numpy as np
+
+    from finetune_helpers import data, fewshot
+
+    k = int(dict(spec.hparams)["k"])
+    model, tokenizer = _qwen()
+    test = text_data("text_zh", 0)["test"]
+    idx = fewshot_subset()
+    if not evaluate_test:
+        idx = idx[:FEWSHOT_CHECK]
+    subset = data.TextDataset([test.texts[i] for i in idx], test.labels[idx], test.label_names)
+    demos = fewshot.select_examples(text_data("text_zh", spec.seed)["train"], k, seed=spec.seed,
+                                    max_chars=fewshot.MAX_QUERY_CHARS)
+    start = time.perf_counter()
+    out = fewshot.evaluate_fewshot(model, tokenizer, subset, demos, progress=False)
+    seconds = time.perf_counter() - start
+    check = float(np.mean(np.asarray(out["predictions"][:FEWSHOT_CHECK])
+                          == subset.labels[:FEWSHOT_CHECK]))
+    result: dict[str, Any] = {"val": [{"epoch": 0, "accuracy": check}], "best_epoch": 0,
+                              "epochs": 0, "steps": 0, "train_s": 0.0,
+                              "deterministic": k == 0}  # no demonstrations: nothing to draw
+    if evaluate_test:
+        result.update({
+            "test": {"accuracy": out["accuracy"],
+                     "accuracy_calibrated": out["accuracy_calibrated"]},
+            "test_subset": idx, "test_predictions": out["predictions"],
+            "test_predictions_calibrated": out["predictions_calibrated"],
+            "seconds_per_example": round(out["seconds_per_example"], 3),
+            "prefix_seconds": round(out["prefix_seconds"], 2),
+            "prefix_tokens": out["prefix_tokens"],
+            "mean_query_tokens": round(out["mean_query_tokens"], 1),
+            "n_truncated": out["n_truncated"], "label_mass": round(out["label_mass"], 4),
+            "score_s": round(seconds, 1), "demonstrations": [list(d) for d in demos]})
+    return result
+
+
+def fewshot_grid() -> Grid:
+    """Qwen2.5-0.5B-Instruct prompted with k = 0, 4, 16 reviews on a subset of text_zh's test."""
+    runs = [RunSpec.make("fewshot_zh", "text_zh", "fewshot", seed, k=k)
+            for k in FEWSHOT_K for seed in (SEEDS[:1] if k == 0 else SEEDS)]
+    return Grid("fewshot_zh", runs, train_fewshot,
+                f"qwen2_5_0_5b prompted with k reviews -> chinese_reviews, "
+                f"{FEWSHOT_N_TEST} test reviews", seeds=SEEDS)
+
+
 def registry() -> dict[str, Grid]:
     """Every grid of the book, by name."""
-    return {g.name: g for g in (vision_grid(), text_grid("text"), text_grid("text_zh"))}
+    return {g.name: g for g in (vision_grid(), text_grid("text"), text_grid("text_zh"),
+                                fewshot_grid())}
 
 
 # ---------------------------------------------------------------------------------------------

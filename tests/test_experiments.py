@@ -167,3 +167,17 @@ def test_sweep_values_must_ascend():
         experiments.Sweep.make("vision", "full", (0.01, 0.001))
     assert experiments.Sweep.make("v", "f", (1e-4, 3e-4)).step(1e-4, -1) == 3e-5
     assert experiments.Sweep.make("v", "f", (1e-4, 3e-4)).step(1e-3, 1) == 3e-3
+
+
+def test_a_deterministic_configuration_is_one_run_not_a_missing_replicate(tmp_path):
+    def train(spec: RunSpec) -> dict:
+        k = dict(spec.hparams)["k"]
+        return {"val": [{"accuracy": 0.5}], "best_epoch": 0, "deterministic": k == 0,
+                "test": {"accuracy": 0.7 + 0.01 * k + 0.001 * spec.seed}}
+
+    runs = [RunSpec.make("shots", "text_zh", "fewshot", seed, k=k)
+            for k in (0, 4) for seed in ((0,) if k == 0 else (0, 1, 2))]
+    experiments.run_grid(Grid("shots", runs, train, seeds=(0, 1, 2)), tmp_path, progress=False)
+    lines = experiments.summary(tmp_path, grids={})
+    assert "  text_zh/fewshot,k=0: 1 run (deterministic: nothing to replicate); accuracy 0.7" in lines
+    assert lines[-1] == "grids: 1; configurations: 2; min seeds per configuration: 3"
