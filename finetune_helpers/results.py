@@ -27,12 +27,29 @@ LABELS = {
     "lora": ("LoRA r=8", "低秩适配"),
     "bitfit": ("BitFit (biases)", "只训偏置"),
     "lp_ft": ("LP-FT: linear probe, then fine-tune all", "先线性探针后微调"),
+    "qlora": ("QLoRA r=8 (NF4 base)", "量化低秩适配"),
+    "norm_tuning": ("RMSNorm gains only", "只训归一化增益"),
     "pixels_logreg": ("baseline: logistic regression on raw pixels", "基线：像素逻辑回归"),
     "probe_logreg": ("baseline: logistic regression on frozen mean-pooled vectors",
                      "基线：冻结特征逻辑回归"),
 }
 #: Strategies that are baselines rather than fine-tuning.
 BASELINES = ("pixels_logreg", "probe_logreg")
+#: Test metrics where a smaller value is the better one (the poem grids' perplexity).
+LOWER_IS_BETTER = ("perplexity", "loss")
+
+
+def _scale(metric: str) -> float:
+    """Accuracy is shown in percent (differences in points); other metrics as they are."""
+    return 100.0 if metric == "accuracy" else 1.0
+
+
+def _select_metric(grid: str) -> str:
+    """The validation metric that chose the grid's learning rates (accuracy if unknown)."""
+    from finetune_helpers import grids as grid_defs
+
+    g = grid_defs.registry().get(grid)
+    return g.select if g is not None else "accuracy"
 
 
 @dataclass
@@ -41,7 +58,7 @@ class Row:
 
     strategy: str
     config: str
-    accuracy: Estimate            # test accuracy, in percent
+    accuracy: Estimate            # the test metric over seeds (accuracy: in percent)
     difference: Estimate | None   # seed-paired difference from the reference, in points
     seeds: list[int]
     lr: Any
@@ -50,6 +67,7 @@ class Row:
     train_s: float                # training loop (epochs + validation), mean over seeds
     memory_mib: float | None      # memory the training loop adds (memory.json), MiB
     hit_limit: int = 0            # seeds whose run was stopped by the epoch limit
+    lower_is_better: bool = False  # the metric's direction (perplexity: lower)
 
     @property
     def label(self) -> str:
@@ -64,7 +82,7 @@ class Row:
         if d.n < 2:
             return "one seed: no interval"
         if d.excludes_zero:
-            word = "better" if d.mean > 0 else "worse"
+            word = "better" if (d.mean > 0) != self.lower_is_better else "worse"
             return f"{word} than {LABELS.get(reference, (reference,))[0]}"
         return "no difference detected at this precision"
 
@@ -97,13 +115,14 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
          strategies: Sequence[str] | None = None,
          results_dir: Path | None = None) -> list[Row]:
     """The reported configurations of ``grid`` (chosen learning rates only), in grid order;
-    only ``strategies`` (and the baselines) when given."""
+    only ``strategies`` (and the baselines) when given. ``metric`` is the test metric shown
+    (accuracy in percent; e.g. ``"perplexity"`` for the poem grids)."""
     records = experiments.load(experiments.results_path(grid, results_dir))
     if not records:
         raise FileNotFoundError(
             f"no records for grid {grid!r} in {experiments.results_path(grid, results_dir)}; "
             f"run `python -m finetune_helpers.experiments run {grid}` first")
-    shown, _ = experiments.reported(records, metric)
+    shown, _ = experiments.reported(records, _select_metric(grid))
     by_strategy = {runs[0]["strategy"]: (config, runs) for config, runs in shown.items()}
     ref = by_strategy.get(reference)
     mib = memory(results_dir).get(grid, {})
@@ -111,10 +130,10 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
     for strategy, (config, runs) in by_strategy.items():
         if strategies is not None and strategy not in strategies and strategy not in BASELINES:
             continue
-        scores = _percent_by_seed(runs, metric)
+        scores = _by_seed(runs, metric)
         diff = None
         if ref is not None and strategy != reference:
-            diff = _paired_percent(runs, ref[1], metric)
+            diff = _paired(runs, ref[1], metric)
         sweep = runs[0].get("sweep") or {}
         out.append(Row(
             strategy=strategy, config=config,
@@ -127,7 +146,8 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
             train_s=_mean([r.get("train_s", r["wall_s"]) + r.get("lp_train_s", 0.0)
                            for r in runs]) or 0.0,
             memory_mib=mib.get(MEMORY_AS.get(strategy, strategy)),
-            hit_limit=sum(bool(r.get("hit_limit")) for r in runs)))
+            hit_limit=sum(bool(r.get("hit_limit")) for r in runs),
+            lower_is_better=metric in LOWER_IS_BETTER))
     return out
 
 
@@ -137,12 +157,14 @@ def _interval(e: Estimate) -> str:
     return f"{e.mean:+.1f} [{e.low:+.1f}, {e.high:+.1f}]"
 
 
-def markdown(table: Sequence[Row], *, reference: str = "full") -> str:
+def markdown(table: Sequence[Row], *, reference: str = "full", metric: str = "accuracy") -> str:
     """A Markdown table: strategy, test accuracy mean ± s.e., paired difference with its 95 %
     interval, verdict, chosen learning rate, trainable parameters, epochs, time per run and,
     where measured, the memory training adds."""
     with_memory = any(r.memory_mib is not None for r in table)
-    head = ("| strategy | test accuracy (%) | vs. reference (points, 95 % CI) | verdict | "
+    shown = f"test {metric}" + (" (%)" if metric == "accuracy" else "")
+    unit = "points, " if metric == "accuracy" else ""
+    head = (f"| strategy | {shown} | vs. reference ({unit}95 % CI) | verdict | "
             "chosen lr (C) | trainable | epochs | s / run |"  # s / run: the training loop
             + (" memory (MiB) |" if with_memory else ""))
     lines = [head, "|" + "---|" * (9 if with_memory else 8)]
@@ -173,7 +195,8 @@ def status(grid: str, results_dir: Path | None = None) -> str:
 
 
 def section(strategies: Sequence[str], *, grids: Sequence[str] = ("vision", "text", "text_zh"),
-            reference: str = "full", results_dir: Path | None = None) -> str:
+            reference: str = "full", metric: str = "accuracy",
+            results_dir: Path | None = None) -> str:
     """Markdown for a chapter: per grid with stored records, its status line and the table of
     ``strategies``, the reference and the baselines (grids without records are skipped)."""
     parts = []
@@ -181,8 +204,10 @@ def section(strategies: Sequence[str], *, grids: Sequence[str] = ("vision", "tex
         if not experiments.load(experiments.results_path(grid, results_dir)):
             continue
         wanted = list(dict.fromkeys([*strategies, reference]))
-        table = rows(grid, reference=reference, strategies=wanted, results_dir=results_dir)
-        parts += [status(grid, results_dir), "", markdown(table, reference=reference), ""]
+        table = rows(grid, reference=reference, metric=metric, strategies=wanted,
+                     results_dir=results_dir)
+        parts += [status(grid, results_dir), "", markdown(table, reference=reference,
+                                                          metric=metric), ""]
     if not parts:
         return (f"No stored runs yet for {', '.join(grids)}: run `python -m "
                 "finetune_helpers.experiments run GRID` (README, \"Experiments\").\n")
@@ -200,7 +225,7 @@ def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path |
         _, ax = plt.subplots(figsize=(9, 0.5 * len(table) + 1.5))
     fine_tuned = [r for r in table if r.strategy not in BASELINES]
     for y, row in enumerate(fine_tuned):
-        per_seed = [100.0 * float(rec["test"][metric]) for rec in records
+        per_seed = [_scale(metric) * float(rec["test"][metric]) for rec in records
                     if rec["config"] == row.config]
         ax.scatter(per_seed, [y] * len(per_seed), color="tab:blue", alpha=0.6, s=25, zorder=3)
         e = row.accuracy
@@ -209,10 +234,12 @@ def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path |
                         color="black", capsize=4, zorder=4)
     for k, row in enumerate(r for r in table if r.strategy in BASELINES):
         ax.axvline(row.accuracy.mean, color=f"C{k + 1}", linestyle="--", linewidth=1,
-                   label=f"{LABELS[row.strategy][0]}: {row.accuracy.mean:.1f} %")
+                   label=f"{LABELS[row.strategy][0]}: {row.accuracy.mean:.1f}"
+                         + (" %" if metric == "accuracy" else ""))
     ax.set_yticks(range(len(fine_tuned)), [r.label for r in fine_tuned])
     ax.invert_yaxis()
-    ax.set_xlabel(f"test {metric} (%): seeds (dots), mean and 95 % interval (black)")
+    unit = " (%)" if metric == "accuracy" else ""
+    ax.set_xlabel(f"test {metric}{unit}: seeds (dots), mean and 95 % interval (black)")
     if title:
         ax.set_title(title)
     if any(r.strategy in BASELINES for r in table):  # below the axes: it hides no seed's dot
@@ -223,30 +250,29 @@ def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path |
 
 def paired(grid: str, a: str, b: str, *, metric: str = "accuracy",
            results_dir: Path | None = None) -> Estimate:
-    """Strategy ``a`` minus strategy ``b`` (test ``metric`` in points), paired by seed.
+    """Strategy ``a`` minus strategy ``b`` (test ``metric``; accuracy in points), paired by seed.
 
     Raises ``ValueError`` when the two share no seed."""
     records = experiments.load(experiments.results_path(grid, results_dir))
-    shown, _ = experiments.reported(records, metric)
+    shown, _ = experiments.reported(records, _select_metric(grid))
     config = {runs[0]["strategy"]: c for c, runs in shown.items()}
     missing = [s for s in (a, b) if s not in config]
     if missing:
         raise KeyError(f"grid {grid!r} has no reported results for {missing}; "
                        f"known: {sorted(config)}")
-    d = _paired_percent(shown[config[a]], shown[config[b]], metric)
+    d = _paired(shown[config[a]], shown[config[b]], metric)
     if d is None:
         raise ValueError(f"{a!r} and {b!r} share no seed in grid {grid!r}: cannot pair them")
     return d
 
 
-def _percent_by_seed(runs: Sequence[dict], metric: str) -> dict[int, float]:
-    return {r["seed"]: 100.0 * float(r["test"][metric]) for r in runs}
+def _by_seed(runs: Sequence[dict], metric: str) -> dict[int, float]:
+    return {r["seed"]: _scale(metric) * float(r["test"][metric]) for r in runs}
 
 
-def _paired_percent(runs: Sequence[dict], reference: Sequence[dict], metric: str
-                    ) -> Estimate | None:
-    """Mean and interval of (runs - reference) in points over the seeds both have."""
-    a, b = _percent_by_seed(runs, metric), _percent_by_seed(reference, metric)
+def _paired(runs: Sequence[dict], reference: Sequence[dict], metric: str) -> Estimate | None:
+    """Mean and interval of (runs - reference) over the seeds both have (accuracy in points)."""
+    a, b = _by_seed(runs, metric), _by_seed(reference, metric)
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
@@ -258,11 +284,12 @@ def compare(grid: str, a: str, b: str, *, metric: str = "accuracy",
     """One sentence comparing strategies ``a`` and ``b`` by their seed-paired difference."""
     d = paired(grid, a, b, metric=metric, results_dir=results_dir)
     name_a, name_b = LABELS.get(a, (a,))[0], LABELS.get(b, (b,))[0]
+    unit = " points" if metric == "accuracy" else f" in test {metric}"
     if d.n < 2:
-        return f"{name_a} vs {name_b}: {d.mean:+.1f} points on one seed (no interval)"
+        return f"{name_a} vs {name_b}: {d.mean:+.1f}{unit} on one seed (no interval)"
     span = f"95 % CI {d.low:+.1f} to {d.high:+.1f}, {d.n} paired seeds"
     if d.excludes_zero:
-        word = "better" if d.mean > 0 else "worse"
-        return f"{name_a} is {word} than {name_b}: {d.mean:+.1f} points ({span})"
+        word = "better" if (d.mean > 0) != (metric in LOWER_IS_BETTER) else "worse"
+        return f"{name_a} is {word} than {name_b}: {d.mean:+.1f}{unit} ({span})"
     return (f"{name_a} vs {name_b}: no difference detected at this precision, "
-            f"{d.mean:+.1f} points ({span})")
+            f"{d.mean:+.1f}{unit} ({span})")

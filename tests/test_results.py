@@ -82,3 +82,19 @@ def test_plot_draws_every_seed(stored):
     ax = results.plot(results.rows("g", results_dir=stored), grid="g", results_dir=stored)
     points = sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
     assert points >= 9 and not math.isnan(points)
+
+
+def test_lower_perplexity_is_the_better_verdict(tmp_path):
+    for strategy, ppl in (("full", (20.0, 21.0, 22.0)), ("lora", (18.0, 18.5, 19.5))):
+        for seed, value in enumerate(ppl):
+            r = record(strategy, seed, 0.5)
+            r["test"] = {"perplexity": value}
+            experiments.append(tmp_path / "lm.jsonl", r)
+    by = {r.strategy: r for r in results.rows("lm", metric="perplexity", results_dir=tmp_path)}
+    assert by["lora"].accuracy.mean == pytest.approx(18.6667, abs=1e-3)   # not scaled by 100
+    assert by["lora"].verdict("full") == "better than fine-tune all layers"
+    sentence = results.compare("lm", "lora", "full", metric="perplexity", results_dir=tmp_path)
+    assert sentence.startswith("LoRA r=8 is better than fine-tune all layers: -2.3 in test "
+                               "perplexity")
+    assert "| test perplexity | vs. reference (95 % CI) |" in results.markdown(
+        list(by.values()), metric="perplexity")
