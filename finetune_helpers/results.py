@@ -157,27 +157,39 @@ def _interval(e: Estimate) -> str:
     return f"{e.mean:+.1f} [{e.low:+.1f}, {e.high:+.1f}]"
 
 
-def markdown(table: Sequence[Row], *, reference: str = "full", metric: str = "accuracy") -> str:
-    """A Markdown table: strategy, test accuracy mean ± s.e., paired difference with its 95 %
-    interval, verdict, chosen learning rate, trainable parameters, epochs, time per run and,
-    where measured, the memory training adds."""
-    with_memory = any(r.memory_mib is not None for r in table)
+def frame(table: Sequence[Row], *, reference: str = "full", metric: str = "accuracy") -> Any:
+    """The table as a pandas DataFrame, one row per strategy: the test metric mean ± s.e. over
+    seeds, the seed-paired difference from ``reference`` with its 95 % interval, the verdict,
+    the chosen learning rate (or C), trainable parameters, epochs, seconds per run and, where
+    measured, the memory training adds.
+
+    A DataFrame rather than Markdown: a notebook shows it as an HTML table in the book (the
+    book renders Markdown outputs without table support) and as text in nbval, and its cells
+    are data, not prose for the translation catalogues.
+    """
+    import pandas as pd
+
     shown = f"test {metric}" + (" (%)" if metric == "accuracy" else "")
     unit = "points, " if metric == "accuracy" else ""
-    head = (f"| strategy | {shown} | vs. reference ({unit}95 % CI) | verdict | "
-            "chosen lr (C) | trainable | epochs | s / run |"  # s / run: the training loop
-            + (" memory (MiB) |" if with_memory else ""))
-    lines = [head, "|" + "---|" * (9 if with_memory else 8)]
+    with_memory = any(r.memory_mib is not None for r in table)
+    out = []
     for r in table:
-        diff = _interval(r.difference) if r.difference is not None else "—"
-        trainable = f"{r.trainable_params:,}" if r.trainable_params else "—"
-        epochs = f"{r.epochs:.1f}" if r.epochs is not None and r.strategy not in BASELINES else "—"
-        lines.append(f"| {r.label} | {r.accuracy.mean:.1f} ± {r.accuracy.se:.1f} (n={r.accuracy.n})"
-                     f" | {diff} | {r.verdict(reference)} | {r.lr:g} | {trainable} | {epochs} | "
-                     f"{r.train_s:.0f} |"
-                     + ((f" {r.memory_mib:.0f} |" if r.memory_mib is not None else " — |")
-                        if with_memory else ""))
-    return "\n".join(lines)
+        baseline = r.strategy in BASELINES
+        row = {
+            "strategy": r.label,
+            shown: f"{r.accuracy.mean:.1f} ± {r.accuracy.se:.1f} (n={r.accuracy.n})",
+            f"vs. reference ({unit}95 % CI)": (_interval(r.difference)
+                                               if r.difference is not None else "—"),
+            "verdict": r.verdict(reference),
+            "chosen lr (C)": f"{r.lr:g}",
+            "trainable": f"{r.trainable_params:,}" if r.trainable_params else "—",
+            "epochs": f"{r.epochs:.1f}" if r.epochs is not None and not baseline else "—",
+            "s / run": f"{r.train_s:.0f}",  # the training loop
+        }
+        if with_memory:
+            row["memory (MiB)"] = f"{r.memory_mib:.0f}" if r.memory_mib is not None else "—"
+        out.append(row)
+    return pd.DataFrame(out).set_index("strategy")
 
 
 def status(grid: str, results_dir: Path | None = None) -> str:
@@ -187,31 +199,37 @@ def status(grid: str, results_dir: Path | None = None) -> str:
     done = len(experiments.load(experiments.results_path(grid, results_dir)))
     g = grid_defs.registry().get(grid)
     if g is None:
-        return f"**{grid}**: {done} runs stored (not a grid of the book: planned runs unknown)"
+        return f"{grid}: {done} runs stored (not a grid of the book: planned runs unknown)"
     missing = len(experiments.pending(g, results_dir))
     state = ("all planned runs stored" if missing == 0 else
              f"incomplete: {done} runs stored, at least {missing} planned runs still missing")
-    return f"**{grid}**: {g.description}; {state}"
+    return f"{grid}: {g.description}; {state}"
 
 
-def section(strategies: Sequence[str], *, grids: Sequence[str] = ("vision", "text", "text_zh"),
-            reference: str = "full", metric: str = "accuracy",
-            results_dir: Path | None = None) -> str:
-    """Markdown for a chapter: per grid with stored records, its status line and the table of
-    ``strategies``, the reference and the baselines (grids without records are skipped)."""
-    parts = []
+def show(strategies: Sequence[str] | None = None, *,
+         grids: Sequence[str] = ("vision", "text", "text_zh"), reference: str = "full",
+         metric: str = "accuracy", results_dir: Path | None = None) -> None:
+    """For a chapter: per grid with stored records, print its status line and display the
+    table (:func:`frame`) of ``strategies`` (all when None), the reference and the baselines;
+    then name the grids without records and the command that makes them."""
+    import pandas as pd
+    from IPython.display import display
+
+    empty = []
     for grid in grids:
         if not experiments.load(experiments.results_path(grid, results_dir)):
+            empty.append(grid)
             continue
-        wanted = list(dict.fromkeys([*strategies, reference]))
+        wanted = None if strategies is None else list(dict.fromkeys([*strategies, reference]))
         table = rows(grid, reference=reference, metric=metric, strategies=wanted,
                      results_dir=results_dir)
-        parts += [status(grid, results_dir), "", markdown(table, reference=reference,
-                                                          metric=metric), ""]
-    if not parts:
-        return (f"No stored runs yet for {', '.join(grids)}: run `python -m "
-                "finetune_helpers.experiments run GRID` (README, \"Experiments\").\n")
-    return "\n".join(parts).strip() + "\n"
+        print(status(grid, results_dir))
+        with pd.option_context("display.max_columns", None, "display.width", 250,
+                               "display.max_colwidth", 80):  # the text form, too, in full
+            display(frame(table, reference=reference, metric=metric))
+    if empty:
+        print(f"No stored runs yet for {', '.join(empty)}: `python -m "
+              "finetune_helpers.experiments run GRID` records them (README, \"Experiments\").")
 
 
 def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path | None = None,

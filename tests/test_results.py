@@ -50,18 +50,22 @@ def test_rows_show_the_chosen_rate_and_paired_differences(stored):
     assert by["full"].memory_mib == 300.0 and by["top_n"].memory_mib is None
 
 
-def test_section_shows_the_asked_strategies_with_reference_and_baselines(stored):
-    text = results.section(["head"], grids=("g", "absent"), results_dir=stored)
-    assert text.startswith("**g**: ")
-    assert "new head only" in text and "fine-tune all layers" in text and "raw pixels" in text
-    assert "top layers" not in text and "absent" not in text
-    assert "| memory (MiB) |" in text and "| 90 |" in text
+def test_show_prints_each_grid_status_and_its_table_of_the_asked_strategies(stored, capsys):
+    results.show(["head"], grids=("g", "absent"), results_dir=stored)
+    out = capsys.readouterr().out
+    assert out.startswith("g: 11 runs stored (not a grid of the book")
+    assert "new head only" in out and "fine-tune all layers" in out and "raw pixels" in out
+    assert "top layers" not in out
+    assert "memory (MiB)" in out and "No stored runs yet for absent" in out
 
 
-def test_markdown_and_compare_say_only_what_the_interval_supports(stored):
+def test_frame_and_compare_say_only_what_the_interval_supports(stored):
     table = results.rows("g", results_dir=stored)
-    text = results.markdown(table)
-    assert "| fine-tune the top layers (微调顶层) | 77.7 ± 1.5 (n=3) | +5.7 [" in text
+    df = results.frame(table)
+    row = df.loc["fine-tune the top layers (微调顶层)"]
+    assert row["test accuracy (%)"] == "77.7 ± 1.5 (n=3)"
+    assert row["vs. reference (points, 95 % CI)"].startswith("+5.7 [")
+    assert row["verdict"] == "better than fine-tune all layers"
     sentence = results.compare("g", "head", "full", results_dir=stored)
     assert sentence.startswith("new head only (transfer learning) vs fine-tune all layers: "
                                "no difference detected at this precision")
@@ -96,5 +100,5 @@ def test_lower_perplexity_is_the_better_verdict(tmp_path):
     sentence = results.compare("lm", "lora", "full", metric="perplexity", results_dir=tmp_path)
     assert sentence.startswith("LoRA r=8 is better than fine-tune all layers: -2.3 in test "
                                "perplexity")
-    assert "| test perplexity | vs. reference (95 % CI) |" in results.markdown(
-        list(by.values()), metric="perplexity")
+    columns = list(results.frame(list(by.values()), metric="perplexity").columns)
+    assert columns[:2] == ["test perplexity", "vs. reference (95 % CI)"]
