@@ -40,7 +40,7 @@ notebooks: env apt-book
 
 # The chapters that render book/results/*.jsonl: their stored tables change with every new
 # record, so re-execute them (and commit) after committing records.
-RESULT_NOTEBOOKS = $(shell grep -l 'results\.\(section\|rows\|compare\|plot\|status\)' book/*.ipynb)
+RESULT_NOTEBOOKS = $(shell grep -l 'results\.\(show\|rows\|compare\|plot\|status\)' book/*.ipynb)
 results: env apt-book
 	$(PY) scripts/execute_notebooks.py $(RESULT_NOTEBOOKS)
 
