@@ -484,7 +484,7 @@ def train_text(spec: RunSpec, max_epochs: int | None = None,
     if evaluate_test:
         # The class predicted for each test example (the fixed test split, in order): lets
         # another method be compared with this run on any subset of the same examples
-        # (chapter 08's few-shot prompting is scored on a subset; it costs ~2 s per review).
+        # (chapter 12 scores few-shot prompting on a 300-review subset: ~1-2 s per review).
         logits = train.predict(model, test_loader, progress=False)
         result["test_predictions"] = logits.argmax(axis=-1).astype(int).tolist()
     if spec.strategy == "lora":
@@ -535,7 +535,7 @@ def text_grid(task: str = "text") -> Grid:
 #: Reviews of text_zh's fixed test split that few-shot prompting is scored on: a stratified,
 #: seed-0 subset. Each review costs ~2 s of Qwen2.5-0.5B on 2 cores (the whole split would take
 #: ~50 min per run); the fine-tuned encoders' recorded test predictions give their accuracy on
-#: exactly these reviews (:func:`finetune_helpers.results.on_subset`).
+#: exactly these reviews (chapter 12 pairs them by seed).
 FEWSHOT_N_TEST = 300
 #: Demonstrations per prompt; k = 0 draws none, so it runs at one seed only.
 FEWSHOT_K = (0, 4, 16)
