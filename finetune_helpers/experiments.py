@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the records live (committed with the book).
@@ -374,6 +374,13 @@ def mean_se(values: Sequence[float]) -> Estimate:
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
     return Estimate(mean, sd / math.sqrt(n) if n > 1 else math.nan, n)
+
+
+def paired_by_seed(a: Mapping[int, float], b: Mapping[int, float]) -> Estimate | None:
+    """``a - b`` over the seeds both ``{seed: value}`` mappings have (seed-paired), with its
+    interval; ``None`` when they share no seed."""
+    seeds = sorted(set(a) & set(b))
+    return mean_se([a[s] - b[s] for s in seeds]) if seeds else None
 
 
 def metric_by_seed(records: Iterable[dict], config: str, metric: str) -> dict[int, float]:

@@ -290,11 +290,7 @@ def _by_seed(runs: Sequence[dict], metric: str) -> dict[int, float]:
 
 def _paired(runs: Sequence[dict], reference: Sequence[dict], metric: str) -> Estimate | None:
     """Mean and interval of (runs - reference) over the seeds both have (accuracy in points)."""
-    a, b = _by_seed(runs, metric), _by_seed(reference, metric)
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    return experiments.mean_se([a[s] - b[s] for s in seeds])
+    return experiments.paired_by_seed(_by_seed(runs, metric), _by_seed(reference, metric))
 
 
 def compare(grid: str, a: str, b: str, *, metric: str = "accuracy",

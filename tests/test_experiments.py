@@ -181,3 +181,9 @@ def test_a_deterministic_configuration_is_one_run_not_a_missing_replicate(tmp_pa
     lines = experiments.summary(tmp_path, grids={})
     assert "  text_zh/fewshot,k=0: 1 run (deterministic: nothing to replicate); accuracy 0.7" in lines
     assert lines[-1] == "grids: 1; configurations: 2; min seeds per configuration: 3"
+
+
+def test_paired_by_seed_uses_only_the_shared_seeds():
+    d = experiments.paired_by_seed({0: 80.0, 1: 82.0, 2: 81.0}, {0: 78.0, 1: 79.0, 5: 1.0})
+    assert (d.n, d.mean) == (2, 2.5)
+    assert experiments.paired_by_seed({0: 1.0}, {1: 1.0}) is None
