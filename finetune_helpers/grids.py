@@ -281,6 +281,7 @@ def _logreg_record(arrays: dict[str, tuple[Any, Any]], C: float, max_iter: int
 def _pixels_logreg(spec: RunSpec) -> dict[str, Any]:
     """The linear baseline: logistic regression on the raw 28x28 pixels (0..1)."""
     import numpy as np
+
     from finetune_helpers import data
 
     r = VISION
