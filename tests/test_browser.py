@@ -83,8 +83,16 @@ def test_page_renders_offline(browser, page_path):
     assert not broken, f"{page_path}: images that did not load: {broken}"
 
     if page.locator("main .math").count():  # `$...$` in a notebook: MathJax, served locally
-        page.wait_for_selector("main mjx-container", timeout=15000)
-        unrendered = page.locator("main .math:not(:has(mjx-container))").count()
+        # Wait for every formula, not for the first one to be visible: the first is often in
+        # the page's table of contents (a heading with math), hidden at this viewport width.
+        untypeset = "main .math:not(:has(mjx-container))"
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        try:
+            page.wait_for_function(
+                f"() => document.querySelectorAll('{untypeset}').length === 0", timeout=30000)
+        except PlaywrightTimeout:
+            pass  # reported by the assertion below, with the count
+        unrendered = page.locator(untypeset).count()
         assert unrendered == 0, f"{page_path}: {unrendered} formulas not typeset by MathJax"
 
     views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
