@@ -68,23 +68,54 @@ class Row:
     memory_mib: float | None      # memory the training loop adds (memory.json), MiB
     hit_limit: int = 0            # seeds whose run was stopped by the epoch limit
     lower_is_better: bool = False  # the metric's direction (perplexity: lower)
+    detail: str = ""              # e.g. "k=12" where a grid runs a strategy in several variants
+    variant: str = ""             # the strategy and its fixed settings, e.g. "freeze_bottom,k=12"
 
     @property
     def label(self) -> str:
         english, chinese = LABELS.get(self.strategy, (self.strategy, ""))
+        if self.detail:
+            english = f"{english}, {self.detail}"
         return f"{english} ({chinese})" if chinese else english
 
     def verdict(self, reference: str) -> str:
         """The sentence the book may write about this row against ``reference``."""
         d = self.difference
         if d is None:
-            return "reference" if self.strategy == reference else ""
+            return "reference" if reference in (self.strategy, self.variant) else ""
         if d.n < 2:
             return "one seed: no interval"
         if d.excludes_zero:
             word = "better" if (d.mean > 0) != self.lower_is_better else "worse"
-            return f"{word} than {LABELS.get(reference, (reference,))[0]}"
+            return f"{word} than {_name(reference)}"
         return "no difference detected at this precision"
+
+
+def _variant(runs: Sequence[dict]) -> str:
+    """The strategy with its fixed hyper-parameters, without the swept one: ``"freeze_bottom,k=12"``
+    for the runs of ``poems_qwen/freeze_bottom,k=12,lr=0.0001``; ``"full"`` for plain ones."""
+    sweep = runs[0].get("sweep")
+    name = sweep["name"] if sweep else runs[0]["config"]
+    return name.split("/", 1)[-1]
+
+
+def _variants(shown: dict[str, list[dict]]) -> dict[str, tuple[str, list[dict]]]:
+    """Reported configurations by variant: ``{variant: (config, runs)}``."""
+    return {_variant(runs): (config, runs) for config, runs in shown.items()}
+
+
+def _find(variants: dict[str, tuple[str, list[dict]]], name: str, grid: str
+          ) -> tuple[str, list[dict]] | None:
+    """The configuration ``name`` stands for: a variant (``"freeze_bottom,k=12"``), or a strategy
+    the grid runs in one variant only (``"full"``). None when the grid has no such result; a
+    ``ValueError`` when a strategy name is ambiguous."""
+    if name in variants:
+        return variants[name]
+    matches = [v for v, (_, runs) in variants.items() if runs[0]["strategy"] == name]
+    if len(matches) > 1:
+        raise ValueError(f"grid {grid!r} reports {name!r} in several variants: "
+                         f"{', '.join(sorted(matches))}; name one of them")
+    return variants[matches[0]] if matches else None
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -116,23 +147,32 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
          results_dir: Path | None = None) -> list[Row]:
     """The reported configurations of ``grid`` (chosen learning rates only), in grid order;
     only ``strategies`` (and the baselines) when given. ``metric`` is the test metric shown
-    (accuracy in percent; e.g. ``"perplexity"`` for the poem grids)."""
+    (accuracy in percent; e.g. ``"perplexity"`` for the poem grids).
+
+    A strategy the grid runs in several variants (``freeze_bottom`` with k = 12 and k = 20) gives
+    one row per variant, labelled with its setting; ``strategies`` may name the strategy (all its
+    variants) or one variant (``"freeze_bottom,k=12"``), and so may ``reference``."""
     records = experiments.load(experiments.results_path(grid, results_dir))
     if not records:
         raise FileNotFoundError(
             f"no records for grid {grid!r} in {experiments.results_path(grid, results_dir)}; "
             f"run `python -m finetune_helpers.experiments run {grid}` first")
     shown, _ = experiments.reported(records, _select_metric(grid))
-    by_strategy = {runs[0]["strategy"]: (config, runs) for config, runs in shown.items()}
-    ref = by_strategy.get(reference)
+    variants = _variants(shown)
+    ref = _find(variants, reference, grid)
+    per_strategy: dict[str, int] = {}
+    for _, runs in variants.values():
+        per_strategy[runs[0]["strategy"]] = per_strategy.get(runs[0]["strategy"], 0) + 1
     mib = memory(results_dir).get(grid, {})
     out = []
-    for strategy, (config, runs) in by_strategy.items():
-        if strategies is not None and strategy not in strategies and strategy not in BASELINES:
+    for variant, (config, runs) in variants.items():
+        strategy = runs[0]["strategy"]
+        if (strategies is not None and strategy not in strategies and variant not in strategies
+                and strategy not in BASELINES):
             continue
         scores = _by_seed(runs, metric)
         diff = None
-        if ref is not None and strategy != reference:
+        if ref is not None and config != ref[0]:
             diff = _paired(runs, ref[1], metric)
         sweep = runs[0].get("sweep") or {}
         out.append(Row(
@@ -147,7 +187,9 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
                            for r in runs]) or 0.0,
             memory_mib=mib.get(MEMORY_AS.get(strategy, strategy)),
             hit_limit=sum(bool(r.get("hit_limit")) for r in runs),
-            lower_is_better=metric in LOWER_IS_BETTER))
+            lower_is_better=metric in LOWER_IS_BETTER, variant=variant,
+            detail=variant.split(",", 1)[1] if per_strategy[strategy] > 1 and "," in variant
+            else ""))
     return out
 
 
@@ -269,16 +311,19 @@ def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path |
 def paired(grid: str, a: str, b: str, *, metric: str = "accuracy",
            results_dir: Path | None = None) -> Estimate:
     """Strategy ``a`` minus strategy ``b`` (test ``metric``; accuracy in points), paired by seed.
+    Either may name a variant (``"freeze_bottom,k=12"``) where a grid runs several.
 
-    Raises ``ValueError`` when the two share no seed."""
+    Raises ``KeyError`` when one has no reported result, ``ValueError`` when the two share no
+    seed or a strategy name is ambiguous."""
     records = experiments.load(experiments.results_path(grid, results_dir))
     shown, _ = experiments.reported(records, _select_metric(grid))
-    config = {runs[0]["strategy"]: c for c, runs in shown.items()}
-    missing = [s for s in (a, b) if s not in config]
+    variants = _variants(shown)
+    found = {s: _find(variants, s, grid) for s in (a, b)}
+    missing = [s for s, f in found.items() if f is None]
     if missing:
         raise KeyError(f"grid {grid!r} has no reported results for {missing}; "
-                       f"known: {sorted(config)}")
-    d = _paired(shown[config[a]], shown[config[b]], metric)
+                       f"known: {sorted(variants)}")
+    d = _paired(found[a][1], found[b][1], metric)
     if d is None:
         raise ValueError(f"{a!r} and {b!r} share no seed in grid {grid!r}: cannot pair them")
     return d
@@ -293,11 +338,18 @@ def _paired(runs: Sequence[dict], reference: Sequence[dict], metric: str) -> Est
     return experiments.paired_by_seed(_by_seed(runs, metric), _by_seed(reference, metric))
 
 
+def _name(variant: str) -> str:
+    """``"freeze_bottom,k=12"`` -> ``"freeze the bottom layers, k=12"``."""
+    strategy, _, detail = variant.partition(",")
+    english = LABELS.get(strategy, (strategy,))[0]
+    return f"{english}, {detail}" if detail else english
+
+
 def compare(grid: str, a: str, b: str, *, metric: str = "accuracy",
             results_dir: Path | None = None) -> str:
     """One sentence comparing strategies ``a`` and ``b`` by their seed-paired difference."""
     d = paired(grid, a, b, metric=metric, results_dir=results_dir)
-    name_a, name_b = LABELS.get(a, (a,))[0], LABELS.get(b, (b,))[0]
+    name_a, name_b = (_name(v) for v in (a, b))
     unit = " points" if metric == "accuracy" else f" in test {metric}"
     if d.n < 2:
         return f"{name_a} vs {name_b}: {d.mean:+.1f}{unit} on one seed (no interval)"

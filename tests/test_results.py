@@ -102,3 +102,35 @@ def test_lower_perplexity_is_the_better_verdict(tmp_path):
                                "perplexity")
     columns = list(results.frame(list(by.values()), metric="perplexity").columns)
     assert columns[:2] == ["test perplexity", "vs. reference (95 % CI)"]
+
+
+def test_a_strategy_run_in_several_variants_gets_a_row_each(tmp_path):
+    # poems_qwen runs freeze_bottom with k = 12 and k = 20: two rows, each named by its k.
+    for k, ppl in ((None, (20.0, 21.0, 22.0)), (12, (21.0, 22.5, 23.0)), (20, (25.0, 26.0, 28.0))):
+        for seed, value in enumerate(ppl):
+            strategy = "full" if k is None else "freeze_bottom"
+            r = record(strategy, seed, 0.5)
+            if k is not None:
+                r["sweep"]["name"] = f"vision/freeze_bottom,k={k}"
+                r["config"] = f"vision/freeze_bottom,k={k},lr=0.001"
+                r["key"] = f"{r['config']}/seed={seed}"
+                r["hparams"]["k"] = k
+            r["test"] = {"perplexity": value}
+            experiments.append(tmp_path / "lm.jsonl", r)
+    table = results.rows("lm", metric="perplexity", results_dir=tmp_path)
+    labels = [r.label for r in table]
+    assert labels == ["fine-tune all layers (微调所有层)", "freeze the bottom layers, k=12 (冻结底层)",
+                      "freeze the bottom layers, k=20 (冻结底层)"]
+    assert [r.accuracy.mean for r in table][1:] == [pytest.approx(22.1667, abs=1e-3),
+                                                    pytest.approx(26.3333, abs=1e-3)]
+    only_20 = results.rows("lm", metric="perplexity", strategies=["freeze_bottom,k=20"],
+                           results_dir=tmp_path)
+    assert [r.variant for r in only_20] == ["freeze_bottom,k=20"]
+    assert results.compare("lm", "freeze_bottom,k=20", "freeze_bottom,k=12", metric="perplexity",
+                           results_dir=tmp_path).startswith(
+        "freeze the bottom layers, k=20 is worse than freeze the bottom layers, k=12: +4.2")
+    by_k12 = results.rows("lm", metric="perplexity", reference="freeze_bottom,k=12",
+                          results_dir=tmp_path)
+    assert [r.verdict("freeze_bottom,k=12") for r in by_k12][1] == "reference"
+    with pytest.raises(ValueError, match="several variants: freeze_bottom,k=12, freeze_bottom,k=20"):
+        results.compare("lm", "freeze_bottom", "full", metric="perplexity", results_dir=tmp_path)
