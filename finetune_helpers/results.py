@@ -274,6 +274,22 @@ def show(strategies: Sequence[str] | None = None, *,
               "finetune_helpers.experiments run GRID` records them (README, \"Experiments\").")
 
 
+def samples(grid: str, *, seed: int = 0, results_dir: Path | None = None) -> dict[str, str]:
+    """The text each reported configuration of a language-model grid generated after training
+    (its records' ``sample``: the greedy continuation of the grid's prompt) at ``seed``, by row
+    label in the table's order; empty when the grid has no records yet."""
+    records = experiments.load(experiments.results_path(grid, results_dir))
+    if not records:
+        return {}
+    out = {}
+    for row in rows(grid, metric="perplexity", results_dir=results_dir):
+        sample = next((r.get("sample") for r in records
+                       if r["config"] == row.config and r["seed"] == seed), None)
+        if sample is not None:
+            out[row.label] = sample
+    return out
+
+
 def plot(table: Sequence[Row], *, grid: str, ax: Any = None, results_dir: Path | None = None,
          metric: str = "accuracy", title: str | None = None) -> Any:
     """Each seed's test accuracy (dots) and the mean with its 95 % interval (bar), per strategy;

@@ -134,3 +134,20 @@ def test_a_strategy_run_in_several_variants_gets_a_row_each(tmp_path):
     assert [r.verdict("freeze_bottom,k=12") for r in by_k12][1] == "reference"
     with pytest.raises(ValueError, match="several variants: freeze_bottom,k=12, freeze_bottom,k=20"):
         results.compare("lm", "freeze_bottom", "full", metric="perplexity", results_dir=tmp_path)
+
+
+def test_samples_are_the_chosen_configurations_text_at_one_seed(tmp_path):
+    for strategy, lr, values, val in (("full", 1e-3, (1e-4, 1e-3), -2.0),
+                                      ("full", 1e-4, (1e-4, 1e-3), -3.0),   # loses the selection
+                                      ("lora", 1e-3, (1e-3,), -2.5)):
+        for seed in (0, 1):
+            r = record(strategy, seed, 0.5, lr=lr, values=values)
+            r["val"] = [{"neg_loss": val, "accuracy": 1 + val / 10}]  # "lm" is no grid of the book: chosen on accuracy
+            r["test"] = {"perplexity": 20.0 + seed}
+            r["sample"] = f"{strategy} lr={lr:g} seed={seed}"
+            experiments.append(tmp_path / "lm.jsonl", r)
+    assert results.samples("lm", results_dir=tmp_path) == {
+        "fine-tune all layers (微调所有层)": "full lr=0.001 seed=0",
+        "LoRA r=8 (低秩适配)": "lora lr=0.001 seed=0"}
+    assert results.samples("lm", seed=1, results_dir=tmp_path)["LoRA r=8 (低秩适配)"].endswith("seed=1")
+    assert results.samples("nothing", results_dir=tmp_path) == {}
