@@ -193,10 +193,31 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
     return out
 
 
-def _interval(e: Estimate) -> str:
+def format_estimate(e: Estimate, digits: int = 1) -> str:
+    """``"84.6 ± 0.3 (n=3)"``: mean ± standard error over ``n`` runs; ``"84.6 (one run)"``."""
     if e.n < 2:
-        return f"{e.mean:+.1f} (one seed)"
-    return f"{e.mean:+.1f} [{e.low:+.1f}, {e.high:+.1f}]"
+        return f"{e.mean:.{digits}f} (one run)"
+    return f"{e.mean:.{digits}f} ± {e.se:.{digits}f} (n={e.n})"
+
+
+def format_difference(d: Estimate | None) -> str:
+    """``"+1.6 [+0.5, +2.7]"``: a paired difference and its 95 % interval; ``"+1.6 (one seed)"``
+    without an interval; ``"—"`` when there is nothing to pair."""
+    if d is None:
+        return "—"
+    if d.n < 2:
+        return f"{d.mean:+.1f} (one seed)"
+    return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]"
+
+
+def display_frame(table: Any) -> None:
+    """Display a DataFrame in full: an HTML table in the book, every column in nbval's text."""
+    import pandas as pd
+    from IPython.display import display
+
+    with pd.option_context("display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 80):
+        display(table)
 
 
 def frame(table: Sequence[Row], *, reference: str = "full", metric: str = "accuracy") -> Any:
@@ -220,8 +241,7 @@ def frame(table: Sequence[Row], *, reference: str = "full", metric: str = "accur
         row = {
             "strategy": r.label,
             shown: f"{r.accuracy.mean:.1f} ± {r.accuracy.se:.1f} (n={r.accuracy.n})",
-            f"vs. reference ({unit}95 % CI)": (_interval(r.difference)
-                                               if r.difference is not None else "—"),
+            f"vs. reference ({unit}95 % CI)": format_difference(r.difference),
             "verdict": r.verdict(reference),
             "chosen lr (C)": f"{r.lr:g}",
             "trainable": f"{r.trainable_params:,}" if r.trainable_params else "—",
@@ -254,9 +274,6 @@ def show(strategies: Sequence[str] | None = None, *,
     """For a chapter: per grid with stored records, print its status line and display the
     table (:func:`frame`) of ``strategies`` (all when None), the reference and the baselines;
     then name the grids without records and the command that makes them."""
-    import pandas as pd
-    from IPython.display import display
-
     empty = []
     for grid in grids:
         if not experiments.load(experiments.results_path(grid, results_dir)):
@@ -266,9 +283,7 @@ def show(strategies: Sequence[str] | None = None, *,
         table = rows(grid, reference=reference, metric=metric, strategies=wanted,
                      results_dir=results_dir)
         print(status(grid, results_dir))
-        with pd.option_context("display.max_columns", None, "display.width", 250,
-                               "display.max_colwidth", 80):  # the text form, too, in full
-            display(frame(table, reference=reference, metric=metric))
+        display_frame(frame(table, reference=reference, metric=metric))
     if empty:
         print(f"No stored runs yet for {', '.join(empty)}: `python -m "
               "finetune_helpers.experiments run GRID` records them (README, \"Experiments\").")

@@ -151,3 +151,13 @@ def test_samples_are_the_chosen_configurations_text_at_one_seed(tmp_path):
         "LoRA r=8 (低秩适配)": "lora lr=0.001 seed=0"}
     assert results.samples("lm", seed=1, results_dir=tmp_path)["LoRA r=8 (低秩适配)"].endswith("seed=1")
     assert results.samples("nothing", results_dir=tmp_path) == {}
+
+
+def test_estimates_and_differences_format_as_the_tables_print_them():
+    three = experiments.mean_se([84.0, 85.0, 84.8])
+    assert results.format_estimate(three) == "84.6 ± 0.3 (n=3)"
+    assert results.format_estimate(experiments.mean_se([61.0]), digits=2) == "61.00 (one run)"
+    d = experiments.paired_by_seed({0: 27.4, 1: 27.3, 2: 27.5}, {0: 25.6, 1: 26.0, 2: 25.8})
+    assert results.format_difference(d).startswith("+1.6 [+") and "]" in results.format_difference(d)
+    assert results.format_difference(experiments.paired_by_seed({0: 2.0}, {0: 1.0})) == "+1.0 (one seed)"
+    assert results.format_difference(None) == "—"
