@@ -9,6 +9,7 @@ interval excludes zero, otherwise "no difference detected at this precision".
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -160,9 +161,7 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
     shown, _ = experiments.reported(records, _select_metric(grid))
     variants = _variants(shown)
     ref = _find(variants, reference, grid)
-    per_strategy: dict[str, int] = {}
-    for _, runs in variants.values():
-        per_strategy[runs[0]["strategy"]] = per_strategy.get(runs[0]["strategy"], 0) + 1
+    per_strategy = Counter(runs[0]["strategy"] for _, runs in variants.values())
     mib = memory(results_dir).get(grid, {})
     out = []
     for variant, (config, runs) in variants.items():

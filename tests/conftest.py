@@ -26,7 +26,6 @@ os.environ.pop(runtime.THREADS_ENV, None)
 runtime.setup(seed=0, verbose=False, fingerprint=False)
 
 
-
 @pytest.fixture
 def uninstalled(monkeypatch):
     """``uninstalled("pkg", ...)``: importlib.metadata answers as if those distributions were
