@@ -42,8 +42,33 @@ CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 LATIN = re.compile(r"[A-Za-z]")
 
 
+# What a translation must carry over unchanged: numbers (1,000 / 0.6947 / −2.6), inline code,
+# math and link targets. A single digit may be written as a Chinese numeral (代码四 for
+# "snippet 4"); nothing else may change.
+NUMBER = re.compile(r"(?<![\w.])[-−+]?\d+(?:,\d{3})*(?:\.\d+)?(?!\d)")
+KEPT = {"number": NUMBER, "code": re.compile(r"`[^`]+`"), "math": re.compile(r"\$[^$]+\$"),
+        "link": re.compile(r"\]\(([^)]+)\)")}
+CHINESE_DIGITS = "〇一二三四五六七八九"
+
+
+def changed_tokens(english: str, chinese: str) -> list[str]:
+    """The numbers, code, math and link targets of `english` that `chinese` does not keep."""
+    chinese = chinese.replace("−", "-")
+    missing = []
+    for kind, pattern in KEPT.items():
+        for token in sorted(set(pattern.findall(english))):
+            if token.replace("−", "-") in chinese:
+                continue
+            if kind == "number" and token.isdigit() and len(token) == 1 \
+                    and CHINESE_DIGITS[int(token)] in chinese:
+                continue
+            missing.append(f"{kind} {token!r}")
+    return missing
+
+
 def problems_in_catalogue(po: Path) -> list[str]:
-    """Every message of a .po that a reader of the Chinese edition would see in English."""
+    """Every message of a .po that a reader of the Chinese edition would see in English, or
+    whose translation lost or changed a number, code span, formula or link of the English."""
     with po.open("rb") as f:
         catalog = read_po(f)
     problems = []
@@ -54,6 +79,8 @@ def problems_in_catalogue(po: Path) -> list[str]:
             problems.append(f"fuzzy: {message.id[:80]!r}")
         elif not (message.string or "").strip():
             problems.append(f"untranslated: {message.id[:80]!r}")
+        elif missing := changed_tokens(message.id, message.string):
+            problems.append(f"changed ({', '.join(missing)}): {message.id[:80]!r}")
     return problems
 
 
@@ -95,6 +122,18 @@ def test_the_completeness_check_sees_a_blank_and_a_fuzzy_message(tmp_path):
             write_po(f, catalog)
         assert problems_in_catalogue(spoiled) == [f"{'untranslated' if spoil == 'blank' else 'fuzzy'}: "
                                                    f"{message.id[:80]!r}"]
+
+
+def test_the_check_sees_a_changed_number_code_span_and_link():
+    english = "Full scores 84.58 % on 1,000 images with `lr=3e-4`; see [chapter 04](04_finetune_top.ipynb)."
+    faithful = "全量微调在 1,000 张图上得到 84.58 %，`lr=3e-4`；见[第 04 章](04_finetune_top.ipynb)。"
+    assert changed_tokens(english, faithful) == []
+    assert changed_tokens("Snippet 4", "代码四") == []  # a single digit may be a Chinese numeral
+    assert changed_tokens(english, faithful.replace("84.58", "84.85")) == ["number '84.58'"]
+    assert changed_tokens(english, faithful.replace("1,000", "1000")) == ["number '1,000'"]
+    assert changed_tokens(english, faithful.replace("`lr=3e-4`", "lr=3e-4")) == ["code '`lr=3e-4`'"]
+    assert changed_tokens(english, faithful.replace("(04_finetune_top.ipynb)", "(04.ipynb)")) == [
+        "link '04_finetune_top.ipynb'"]
 
 
 def test_glossary_terms_are_the_chinese_column():
