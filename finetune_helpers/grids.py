@@ -57,6 +57,9 @@ LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 #: Inverse regularisation strengths the raw-pixel logistic regression chooses from.
 LOGREG_C = (0.01, 0.1, 1.0)
 SEEDS = (0, 1, 2)
+#: Training losses of a run's first steps kept in its record: the drift test re-runs a slow
+#: run for these steps only (tests/test_grids.py), a fraction of its first epoch's cost.
+FIRST_STEPS = 4
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ def _history_record(history: Any, stopper: Any) -> dict[str, Any]:
         memory = round(history.peak_rss_mib - history.start_rss_mib, 1)
     return {"val": val, "best_epoch": stopper.best_epoch, "epochs": len(val),
             "steps": int(sum(e["steps"] for e in history.epochs)),
+            "first_losses": history.step_losses[:FIRST_STEPS],
             # Stopped by the epoch limit rather than by the validation rule.
             "hit_limit": stopper.stopped_epoch is None,
             # The training loop alone (epochs and their validation), without data preparation.
@@ -193,11 +197,12 @@ def _probe_stage(net: Any, head_model: Any, sets: dict[str, Any], head: Any, see
 
 
 def train_vision(spec: RunSpec, max_epochs: int | None = None,
-                 evaluate_test: bool = True) -> dict[str, Any]:
+                 evaluate_test: bool = True, max_steps: int | None = None) -> dict[str, Any]:
     """Train one vision run of the grid and return its record's results.
 
-    ``max_epochs`` overrides the epoch limit and ``evaluate_test=False`` skips the test set (the
-    drift test re-runs first epochs only).
+    ``max_epochs`` overrides the epoch limit, ``max_steps`` stops each epoch after that many
+    steps and ``evaluate_test=False`` skips the test set: the drift test re-runs a recorded run's
+    first epoch, or its first :data:`FIRST_STEPS` steps (``record["first_losses"]``).
     """
     from finetune_helpers import callbacks, data, recipe, strategies, train, zoo
 
@@ -252,7 +257,8 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None,
     stopper = callbacks.EarlyStopping("eval_accuracy", patience=r.patience,
                                       min_epochs=min_epochs)
     history = train.fit(model, train_loader, optimizer, max_epochs, eval_loader=val_loader,
-                        callbacks=[*extra, stopper], seed=spec.seed, progress=False)
+                        callbacks=[*extra, stopper], seed=spec.seed, progress=False,
+                        max_steps_per_epoch=max_steps)
     test = (train.evaluate(model, test_loader, progress=False) if evaluate_test
             else {"accuracy": None, "loss": None})
     trainable, total = strategies.count_parameters(net)
@@ -410,9 +416,9 @@ def _lora(model: Any) -> Any:
 
 
 def train_text(spec: RunSpec, max_epochs: int | None = None,
-               evaluate_test: bool = True) -> dict[str, Any]:
-    """Train one text run of the grid and return its record's results (``max_epochs`` and
-    ``evaluate_test``: as in :func:`train_vision`)."""
+               evaluate_test: bool = True, max_steps: int | None = None) -> dict[str, Any]:
+    """Train one text run of the grid and return its record's results (``max_epochs``,
+    ``evaluate_test`` and ``max_steps``: as in :func:`train_vision`)."""
     from finetune_helpers import callbacks, data, heads, recipe, strategies, train
 
     if spec.strategy == "probe_logreg":
@@ -475,7 +481,8 @@ def train_text(spec: RunSpec, max_epochs: int | None = None,
     if max_epochs is None:
         max_epochs = max(r.max_epochs, min_epochs + r.patience)
     history = train.fit(model, train_loader, optimizer, max_epochs, eval_loader=val_loader,
-                        callbacks=[*extra, stopper], seed=spec.seed, progress=False)
+                        callbacks=[*extra, stopper], seed=spec.seed, progress=False,
+                        max_steps_per_epoch=max_steps)
     test = (train.evaluate(model, test_loader, progress=False) if evaluate_test
             else {"accuracy": None, "loss": None})
     trainable, total = strategies.count_parameters(net)
@@ -562,13 +569,14 @@ def _qwen() -> tuple[Any, Any]:
 
 
 def train_fewshot(spec: RunSpec, max_epochs: int | None = None,
-                  evaluate_test: bool = True) -> dict[str, Any]:
+                  evaluate_test: bool = True, max_steps: int | None = None) -> dict[str, Any]:
     """Prompt Qwen2.5-0.5B-Instruct with ``k`` demonstrations drawn by the seed from that seed's
     training subset, and score it on :func:`fewshot_subset` (:mod:`finetune_helpers.fewshot`).
 
     Nothing trains; the record keeps the grids' shape: ``val`` holds the accuracy on the first
     :data:`FEWSHOT_CHECK` reviews (what the drift test re-runs: ``evaluate_test=False``), ``test``
     the accuracy on all of them, plain and after contextual calibration.
+    (``max_epochs`` and ``max_steps`` are accepted for the grids' common signature and unused.)
     """
     import numpy as np
 
@@ -673,9 +681,10 @@ def _poem_model(task: str) -> tuple[Any, Any, Any]:
 
 
 def train_poems(spec: RunSpec, max_epochs: int | None = None,
-                evaluate_test: bool = True) -> dict[str, Any]:
+                evaluate_test: bool = True, max_steps: int | None = None) -> dict[str, Any]:
     """Fine-tune a causal LM on poems with one strategy; validation and test perplexity per
-    token, plus the greedy continuation of :data:`POEM_PROMPT` after training."""
+    token, plus the greedy continuation of :data:`POEM_PROMPT` after training (``max_epochs``,
+    ``evaluate_test`` and ``max_steps``: as in :func:`train_vision`)."""
     import paddle
     from paddlenlp.peft import LoRAConfig, LoRAModel
 
@@ -717,7 +726,7 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     stopper = callbacks.EarlyStopping("eval_loss", mode="min", patience=POEMS.patience)
     history = train.fit(net, train_loader, optimizer, max_epochs or POEMS.max_epochs,
                         eval_loader=val_loader, task="lm", callbacks=[stopper],
-                        seed=spec.seed, progress=False)
+                        seed=spec.seed, progress=False, max_steps_per_epoch=max_steps)
     val = [{"epoch": e["epoch"], "loss": e["eval_loss"], "neg_loss": -e["eval_loss"],
             "perplexity": e["eval_perplexity"], "train_loss": e["train_loss"],
             "seconds": round(e["seconds"] + e["eval_seconds"], 2)} for e in history.epochs]
@@ -725,6 +734,7 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     result: dict[str, Any] = {
         "val": val, "best_epoch": stopper.best_epoch, "epochs": len(val),
         "steps": int(sum(e["steps"] for e in history.epochs)),
+        "first_losses": history.step_losses[:FIRST_STEPS],
         "hit_limit": stopper.stopped_epoch is None,
         "train_s": round(sum(e["seconds"] + e["eval_seconds"] for e in history.epochs), 1),
         "trainable_params": n_trainable, **extra}
