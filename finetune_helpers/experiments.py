@@ -449,7 +449,8 @@ def summary(results_dir: Path | None = None, grids: dict[str, Grid] | None = Non
     test metrics, the sweeps' choices, and how many planned runs are still missing.
 
     The last line reads ``grids: G; configurations: C; min seeds per configuration: S``
-    (reported configurations only: a learning rate that lost the selection is not one).
+    (grids with stored runs; reported configurations only: a learning rate that lost the
+    selection is not one). Grids defined in code with nothing stored are listed above it.
     """
     grids = _registry() if grids is None else grids
     lines, n_configs, min_seeds = [], 0, None
@@ -486,6 +487,11 @@ def summary(results_dir: Path | None = None, grids: dict[str, Grid] | None = Non
             lines.append(f"  {config}: {seeds} seeds; {metrics}{note}")
             min_seeds = seeds if min_seeds is None else min(min_seeds, seeds)
             n_configs += 1
+    for name in sorted(set(grids) - {path.stem for path in files}):
+        # A grid defined in code with nothing stored yet: listed, so that the summary shows
+        # every grid; it has no configuration to count.
+        lines.append(f"{name}: 0 runs (nothing stored yet), "
+                     f"{len(pending(grids[name], results_dir))} planned runs not yet recorded")
     lines.append(f"grids: {len(files)}; configurations: {n_configs}; "
                  f"min seeds per configuration: {min_seeds or 0}")
     return lines

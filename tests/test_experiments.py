@@ -107,6 +107,13 @@ def test_summary_last_line_counts_grids_configurations_and_seeds(tmp_path):
         "grids: 0; configurations: 0; min seeds per configuration: 0")
 
 
+def test_summary_lists_a_defined_grid_with_nothing_stored(tmp_path):
+    lines = experiments.summary(tmp_path, grids={"swept": sweep_grid([])})
+    # The sweep's three seed-0 runs are all that can be planned before a choice is made.
+    assert lines == ["swept: 0 runs (nothing stored yet), 3 planned runs not yet recorded",
+                     "grids: 0; configurations: 0; min seeds per configuration: 0"]
+
+
 def sweep_grid(calls: list) -> Grid:
     """One sweep over three learning rates; validation peaks at lr=0.01, test follows seeds."""
     def train(spec: RunSpec) -> dict:
