@@ -684,7 +684,10 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
                 evaluate_test: bool = True, max_steps: int | None = None) -> dict[str, Any]:
     """Fine-tune a causal LM on poems with one strategy; validation and test perplexity per
     token, plus the greedy continuation of :data:`POEM_PROMPT` after training (``max_epochs``,
-    ``evaluate_test`` and ``max_steps``: as in :func:`train_vision`)."""
+    ``evaluate_test`` and ``max_steps``: as in :func:`train_vision`).
+
+    Strategy ``pretrained`` is the baseline: the model as it comes, evaluated on the same
+    validation and test poems without a training step (deterministic: one run, seed 0)."""
     import paddle
     from paddlenlp.peft import LoRAConfig, LoRAModel
 
@@ -711,6 +714,8 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     elif spec.strategy == "norm_tuning":
         for name, p in model.named_parameters():
             p.stop_gradient = "norm" not in name
+    elif spec.strategy == "pretrained":
+        return _evaluate_pretrained(model, tokenizer, zoo_module, evaluate_test)
     else:
         raise ValueError(f"unknown poem strategy {spec.strategy!r}; known: "
                          f"{', '.join(POEM_TASKS[spec.task].strategies)}")
@@ -747,6 +752,33 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     return result
 
 
+def _evaluate_pretrained(model: Any, tokenizer: Any, zoo_module: Any,
+                         evaluate_test: bool) -> dict[str, Any]:
+    """The poem grids' baseline record: the untrained model on the same validation and test
+    poems (seed 0's sets; only the training poems depend on the seed)."""
+    from finetune_helpers import data, train
+
+    sets = poem_data(0)
+    collate = zoo_module.lm_collate(tokenizer, POEMS.max_length)
+    start = time.perf_counter()
+    val = train.evaluate(model, data.make_loader(sets["validation"], 16, collate_fn=collate),
+                         task="lm", progress=False)
+    result: dict[str, Any] = {
+        "val": [{"epoch": 0, "loss": val["loss"], "neg_loss": -val["loss"],
+                 "perplexity": val["perplexity"],
+                 "seconds": round(time.perf_counter() - start, 2)}],
+        "best_epoch": 0, "epochs": 0, "steps": 0, "hit_limit": False, "train_s": 0.0,
+        "trainable_params": 0, "deterministic": True}  # nothing trains, nothing is drawn
+    if evaluate_test:
+        test = train.evaluate(model, data.make_loader(sets["test"], 16, collate_fn=collate),
+                              task="lm", progress=False)
+        result["test"] = {"loss": test["loss"], "perplexity": test["perplexity"]}
+        text = zoo_module.generate_greedy(model, tokenizer, POEM_PROMPT, max_new_tokens=24,
+                                          chat=False)
+        result["sample"] = text.rstrip("\ufffd")
+    return result
+
+
 def poem_grid(task: str) -> Grid:
     """The strategies of a poem task, each with its rate chosen on validation loss."""
     t = POEM_TASKS[task]
@@ -756,7 +788,9 @@ def poem_grid(task: str) -> Grid:
             else POEM_LEARNING_RATES
         for extra in ([{"k": k} for k in t.k_values] if name == "freeze_bottom" else [{}]):
             sweeps.append(Sweep.make(task, name, rates, **extra))
-    return Grid(task, [], train_poems, f"{t.model} -> Tang and Song poems, {POEMS.n_train} "
+    # The baseline: the pretrained model without training, one deterministic run.
+    baseline = [RunSpec.make(task, task, "pretrained", SEEDS[0])]
+    return Grid(task, baseline, train_poems, f"{t.model} -> Tang and Song poems, {POEMS.n_train} "
                 f"poems of {POEMS.max_length} tokens", sweeps=sweeps, seeds=SEEDS,
                 select="neg_loss")
 

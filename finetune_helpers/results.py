@@ -33,9 +33,10 @@ LABELS = {
     "pixels_logreg": ("baseline: logistic regression on raw pixels", "基线：像素逻辑回归"),
     "probe_logreg": ("baseline: logistic regression on frozen mean-pooled vectors",
                      "基线：冻结特征逻辑回归"),
+    "pretrained": ("baseline: the pretrained model, not fine-tuned", "基线：未微调的预训练模型"),
 }
 #: Strategies that are baselines rather than fine-tuning.
-BASELINES = ("pixels_logreg", "probe_logreg")
+BASELINES = ("pixels_logreg", "probe_logreg", "pretrained")
 #: Test metrics where a smaller value is the better one (the poem grids' perplexity).
 LOWER_IS_BETTER = ("perplexity", "loss")
 
@@ -68,6 +69,7 @@ class Row:
     train_s: float                # training loop (epochs + validation), mean over seeds
     memory_mib: float | None      # memory the training loop adds (memory.json), MiB
     hit_limit: int = 0            # seeds whose run was stopped by the epoch limit
+    deterministic: bool = False   # nothing random in it (the pretrained model): one run
     lower_is_better: bool = False  # the metric's direction (perplexity: lower)
     detail: str = ""              # e.g. "k=12" where a grid runs a strategy in several variants
     variant: str = ""             # the strategy and its fixed settings, e.g. "freeze_bottom,k=12"
@@ -186,14 +188,18 @@ def rows(grid: str, *, reference: str = "full", metric: str = "accuracy",
                            for r in runs]) or 0.0,
             memory_mib=mib.get(MEMORY_AS.get(strategy, strategy)),
             hit_limit=sum(bool(r.get("hit_limit")) for r in runs),
+            deterministic=_deterministic(runs),
             lower_is_better=metric in LOWER_IS_BETTER, variant=variant,
             detail=variant.split(",", 1)[1] if per_strategy[strategy] > 1 and "," in variant
             else ""))
     return out
 
 
-def format_estimate(e: Estimate, digits: int = 1) -> str:
-    """``"84.6 ± 0.3 (n=3)"``: mean ± standard error over ``n`` runs; ``"84.6 (one run)"``."""
+def format_estimate(e: Estimate, digits: int = 1, deterministic: bool = False) -> str:
+    """``"84.6 ± 0.3 (n=3)"``: mean ± standard error over ``n`` runs; ``"84.6 (one run)"``;
+    ``"84.6 (deterministic)"`` for a run with nothing random in it."""
+    if deterministic and e.n == 1:
+        return f"{e.mean:.{digits}f} (deterministic)"
     if e.n < 2:
         return f"{e.mean:.{digits}f} (one run)"
     return f"{e.mean:.{digits}f} ± {e.se:.{digits}f} (n={e.n})"
@@ -239,10 +245,10 @@ def frame(table: Sequence[Row], *, reference: str = "full", metric: str = "accur
         baseline = r.strategy in BASELINES
         row = {
             "strategy": r.label,
-            shown: f"{r.accuracy.mean:.1f} ± {r.accuracy.se:.1f} (n={r.accuracy.n})",
+            shown: format_estimate(r.accuracy, deterministic=r.deterministic),
             f"vs. reference ({unit}95 % CI)": format_difference(r.difference),
             "verdict": r.verdict(reference),
-            "chosen lr (C)": f"{r.lr:g}",
+            "chosen lr (C)": "—" if r.lr is None else f"{r.lr:g}",
             "trainable": f"{r.trainable_params:,}" if r.trainable_params else "—",
             "epochs": f"{r.epochs:.1f}" if r.epochs is not None and not baseline else "—",
             "s / run": f"{r.train_s:.0f}",  # the training loop
@@ -363,9 +369,22 @@ def _by_seed(runs: Sequence[dict], metric: str) -> dict[int, float]:
     return {r["seed"]: _scale(metric) * float(r["test"][metric]) for r in runs}
 
 
+def _deterministic(runs: Sequence[dict]) -> bool:
+    """A configuration with nothing random in it (e.g. the pretrained model, evaluated as it
+    is): its one run is what every seed would give."""
+    return all(r.get("deterministic") for r in runs)
+
+
 def _paired(runs: Sequence[dict], reference: Sequence[dict], metric: str) -> Estimate | None:
-    """Mean and interval of (runs - reference) over the seeds both have (accuracy in points)."""
-    return experiments.paired_by_seed(_by_seed(runs, metric), _by_seed(reference, metric))
+    """Mean and interval of (runs - reference) over the seeds both have (accuracy in points).
+    A deterministic side's one run stands for every seed of the other side, so the interval
+    holds the other side's seed-to-seed spread (the test set is the same for all)."""
+    a, b = _by_seed(runs, metric), _by_seed(reference, metric)
+    if _deterministic(runs) and not _deterministic(reference):
+        a = dict.fromkeys(b, next(iter(a.values())))
+    elif _deterministic(reference) and not _deterministic(runs):
+        b = dict.fromkeys(a, next(iter(b.values())))
+    return experiments.paired_by_seed(a, b)
 
 
 def _name(variant: str) -> str:

@@ -194,3 +194,12 @@ def test_paired_by_seed_uses_only_the_shared_seeds():
     d = experiments.paired_by_seed({0: 80.0, 1: 82.0, 2: 81.0}, {0: 78.0, 1: 79.0, 5: 1.0})
     assert (d.n, d.mean) == (2, 2.5)
     assert experiments.paired_by_seed({0: 1.0}, {1: 1.0}) is None
+
+
+def test_each_poem_grid_plans_the_pretrained_model_as_its_baseline(tmp_path):
+    from finetune_helpers import grids
+
+    for name in grids.POEM_TASKS:
+        planned = [s.key for s in experiments.pending(grids.registry()[name], tmp_path)]
+        # One run: the untrained model has nothing a seed could change.
+        assert [k for k in planned if "/pretrained" in k] == [f"{name}/pretrained/seed=0"]

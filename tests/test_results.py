@@ -161,3 +161,29 @@ def test_estimates_and_differences_format_as_the_tables_print_them():
     assert results.format_difference(d).startswith("+1.6 [+") and "]" in results.format_difference(d)
     assert results.format_difference(experiments.paired_by_seed({0: 2.0}, {0: 1.0})) == "+1.0 (one seed)"
     assert results.format_difference(None) == "—"
+
+
+def test_a_deterministic_baseline_stands_for_every_seed(tmp_path):
+    # The poem grids' baseline: the pretrained model, evaluated once (nothing random in it).
+    for seed, value in enumerate((20.0, 21.0, 22.0)):
+        r = record("full", seed, 0.5)
+        r["test"] = {"perplexity": value}
+        experiments.append(tmp_path / "lm.jsonl", r)
+    base = {"grid": "lm", "task": "vision", "strategy": "pretrained", "seed": 0,
+            "key": "vision/pretrained/seed=0", "config": "vision/pretrained", "hparams": {},
+            "val": [{"perplexity": 30.0}], "best_epoch": 0, "test": {"perplexity": 30.0},
+            "wall_s": 5.0, "train_s": 0.0, "epochs": 0, "trainable_params": 0,
+            "deterministic": True}
+    experiments.append(tmp_path / "lm.jsonl", base)
+    by = {r.strategy: r for r in results.rows("lm", metric="perplexity", results_dir=tmp_path)}
+    # Paired over full's three seeds against the one baseline value: 30 - (20, 21, 22).
+    d = by["pretrained"].difference
+    assert (d.n, d.mean) == (3, pytest.approx(9.0)) and d.excludes_zero
+    assert by["pretrained"].verdict("full") == "worse than fine-tune all layers"
+    assert results.compare("lm", "full", "pretrained", metric="perplexity",
+                           results_dir=tmp_path).startswith(
+        "fine-tune all layers is better than baseline: the pretrained model, not fine-tuned: -9.0")
+    row = results.frame(list(by.values()), metric="perplexity").loc[
+        "baseline: the pretrained model, not fine-tuned (基线：未微调的预训练模型)"]
+    assert row["test perplexity"] == "30.0 (deterministic)"
+    assert row["chosen lr (C)"] == "—" and row["epochs"] == "—"
