@@ -694,8 +694,10 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     from finetune_helpers import callbacks, data, quant, strategies, train
 
     hp = dict(spec.hparams)
-    lr = float(hp["lr"])
     model, tokenizer, zoo_module = _poem_model(spec.task)
+    if spec.strategy == "pretrained":
+        return _evaluate_pretrained(model, tokenizer, zoo_module, evaluate_test)
+    lr = float(hp["lr"])
     net, extra = model, {}
     if spec.strategy == "full":
         strategies.fine_tune_all(model)
@@ -714,8 +716,6 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     elif spec.strategy == "norm_tuning":
         for name, p in model.named_parameters():
             p.stop_gradient = "norm" not in name
-    elif spec.strategy == "pretrained":
-        return _evaluate_pretrained(model, tokenizer, zoo_module, evaluate_test)
     else:
         raise ValueError(f"unknown poem strategy {spec.strategy!r}; known: "
                          f"{', '.join(POEM_TASKS[spec.task].strategies)}")
