@@ -232,12 +232,22 @@ def load(path: Path) -> list[dict[str, Any]]:
 def append(path: Path, record: dict[str, Any]) -> None:
     """Add one record: write the old lines and the new one to a temporary file, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
+    _write_atomically(path, old + json.dumps(record, sort_keys=True) + "\n")
+
+
+def save(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Replace the records in ``path`` with ``records``, atomically (used to add a field to
+    stored records, e.g. by ``scripts/backfill_first_losses.py``)."""
+    _write_atomically(Path(path), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(old + json.dumps(record, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -66,6 +66,19 @@ def test_a_hand_damaged_line_is_reported_with_its_place(tmp_path):
         experiments.load(path)
 
 
+def test_save_replaces_the_records_byte_for_byte_and_leaves_no_temporary_file(tmp_path):
+    experiments.run_grid(fake_grid([]), tmp_path, max_runs=3, progress=False)
+    path = tmp_path / "toy.jsonl"
+    before = path.read_bytes()
+    records = experiments.load(path)
+    experiments.save(path, records)
+    assert path.read_bytes() == before                   # unchanged records: the same bytes
+    records[1]["first_losses"] = [2.3, 2.1]
+    experiments.save(path, records)
+    assert experiments.load(path) == records
+    assert [p.name for p in tmp_path.iterdir()] == ["toy.jsonl"]
+
+
 def test_grid_refuses_duplicate_runs_and_foreign_runs():
     spec = RunSpec.make("toy", "vision", "full", 0, lr=1e-3)
     with pytest.raises(ValueError, match="lists a run twice"):
