@@ -22,7 +22,7 @@ import sys
 import time
 from datetime import date
 
-from finetune_helpers import experiments, fingerprint, grids, runtime
+from finetune_helpers import experiments, fingerprint, grids, results, runtime
 from finetune_helpers.experiments import RunSpec
 
 
@@ -46,8 +46,8 @@ def backfill(grid_name: str, machine: str) -> int:
         if any(r.get("first_losses") for r in runs):
             continue
         record = min(runs, key=lambda r: r["wall_s"])
-        if record["wall_s"] < WHOLE_RUN_SECONDS or not record.get("steps"):
-            continue  # the drift test re-runs it whole, or nothing trains (a baseline)
+        if record["wall_s"] < WHOLE_RUN_SECONDS or strategy in results.BASELINES:
+            continue  # the drift test re-runs it whole; a baseline trains no network
         if record["fingerprint"] != machine:
             print(f"{record['key']}: recorded on arithmetic {record['fingerprint']}, this machine "
                   f"computes {machine}; skipped")
