@@ -179,6 +179,19 @@ def _history_record(history: Any, stopper: Any) -> dict[str, Any]:
             "train_memory_mib": memory}
 
 
+def _first_steps(model: Any, train_loader: Any, optimizer: Any, callbacks: list[Any],
+                 seed: int, max_steps: int, task: str = "classification") -> dict[str, Any]:
+    """A step-limited check run (the drift test's): the first ``max_steps`` training steps of
+    epoch one, exactly as the whole run takes them, and their losses. Nothing is validated or
+    tested, so neither set is prepared: on 2 cores that is most of such a check's cost."""
+    from finetune_helpers import train
+
+    history = train.fit(model, train_loader, optimizer, 1, task=task, callbacks=callbacks,
+                        seed=seed, progress=False, max_steps_per_epoch=max_steps)
+    return {"steps": int(sum(e["steps"] for e in history.epochs)),
+            "first_losses": history.step_losses[:FIRST_STEPS]}
+
+
 def _probe_stage(net: Any, head_model: Any, sets: dict[str, Any], head: Any, seed: int,
                  regime: Regime, blocks: Any = None) -> dict[str, Any]:
     """LP-FT's first stage: the head alone on cached features, early-stopped; returns its
@@ -200,9 +213,10 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None,
                  evaluate_test: bool = True, max_steps: int | None = None) -> dict[str, Any]:
     """Train one vision run of the grid and return its record's results.
 
-    ``max_epochs`` overrides the epoch limit, ``max_steps`` stops each epoch after that many
-    steps and ``evaluate_test=False`` skips the test set: the drift test re-runs a recorded run's
-    first epoch, or its first :data:`FIRST_STEPS` steps (``record["first_losses"]``).
+    ``max_epochs`` overrides the epoch limit and ``evaluate_test=False`` skips the test set: the
+    drift test re-runs a recorded run's first epoch that way. ``max_steps`` makes it a check run
+    instead: the first ``max_steps`` steps, no validation, only ``steps`` and ``first_losses``
+    returned (compared with ``record["first_losses"]``).
     """
     from finetune_helpers import callbacks, data, recipe, strategies, train, zoo
 
@@ -245,13 +259,16 @@ def train_vision(spec: RunSpec, max_epochs: int | None = None,
     r = VISION
     if max_epochs is None:
         max_epochs = max(r.max_epochs, min_epochs + r.patience)
+    splits = ("train",) if max_steps else ("train", "validation", "test")
     if start and CACHE_FROZEN:
         model = _vision_suffix(net, start)
-        sets = {s: _cached_split(s, spec.seed, start) for s in ("train", "validation", "test")}
+        sets = {s: _cached_split(s, spec.seed, start) for s in splits}
     else:
         model = net
         sets = vision_data(spec.seed)
     train_loader = data.make_loader(sets["train"], r.batch_size, shuffle=True, seed=spec.seed)
+    if max_steps:
+        return _first_steps(model, train_loader, optimizer, extra, spec.seed, max_steps)
     val_loader = data.make_loader(sets["validation"], 64)
     test_loader = data.make_loader(sets["test"], 64)
     stopper = callbacks.EarlyStopping("eval_accuracy", patience=r.patience,
@@ -467,13 +484,16 @@ def train_text(spec: RunSpec, max_epochs: int | None = None,
                          f"{', '.join(TEXT_STRATEGIES)}, probe_logreg")
     optimizer = recipe.optimizer(model, lr, net.classifier)
     if cached:
-        sets = {s: _pooled_split(spec.task, s, spec.seed) for s in ("train", "validation", "test")}
+        splits = ("train",) if max_steps else ("train", "validation", "test")
+        sets = {s: _pooled_split(spec.task, s, spec.seed) for s in splits}
         collate = None
     else:
         sets = text_data(spec.task, spec.seed)
         collate = data.TextCollate(_tokenizer(TEXT_TASKS[spec.task].model), r.max_length)
     train_loader = data.make_loader(sets["train"], r.batch_size, shuffle=True, seed=spec.seed,
                                     collate_fn=collate)
+    if max_steps:
+        return _first_steps(model, train_loader, optimizer, extra, spec.seed, max_steps)
     val_loader = data.make_loader(sets["validation"], 64, collate_fn=collate)
     test_loader = data.make_loader(sets["test"], 64, collate_fn=collate)
     stopper = callbacks.EarlyStopping("eval_accuracy", patience=r.patience,
@@ -728,6 +748,8 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     trainable = [p for p in net.parameters() if not p.stop_gradient]
     optimizer = paddle.optimizer.AdamW(learning_rate=lr, parameters=trainable,
                                        weight_decay=0.01)
+    if max_steps:
+        return _first_steps(net, train_loader, optimizer, [], spec.seed, max_steps, task="lm")
     stopper = callbacks.EarlyStopping("eval_loss", mode="min", patience=POEMS.patience)
     history = train.fit(net, train_loader, optimizer, max_epochs or POEMS.max_epochs,
                         eval_loader=val_loader, task="lm", callbacks=[stopper],

@@ -27,7 +27,7 @@ from finetune_helpers.experiments import RunSpec
 
 
 #: As tests/test_grids.py: runs recorded faster than this are re-run whole by the drift test.
-WHOLE_RUN_SECONDS = 60.0
+WHOLE_RUN_SECONDS = 30.0
 
 
 def _strip(epochs: list[dict]) -> list[dict]:

@@ -1,7 +1,7 @@
 """Stored results cannot drift from the code: recorded runs are re-run and must match.
 
 For every grid with records, each strategy's cheapest recorded run is re-run. A run that took
-under a minute is re-run whole (its validation curve and test metrics must equal the record).
+under 30 seconds is re-run whole (its validation curve and test metrics must equal the record).
 A longer one is re-run for its first :data:`DRIFT_STEPS` training steps when its record
 keeps their losses (``first_losses``: records made since that field exists, and older ones given
 them by ``scripts/backfill_first_losses.py`` from a verified re-run), else for its first epoch:
@@ -22,7 +22,7 @@ from finetune_helpers.experiments import RunSpec
 pytestmark = pytest.mark.slow
 
 #: Runs recorded faster than this are re-run whole; slower ones for their first steps.
-WHOLE_RUN_SECONDS = 60.0
+WHOLE_RUN_SECONDS = 30.0
 #: Recorded first losses a slow run is re-run for. The first loss checks the data order, the
 #: seeding, the model and the loss; the second, the first update (which parameters train, at
 #: what rate, with which optimizer). Records keep grids.FIRST_STEPS = 4; the last two add little
