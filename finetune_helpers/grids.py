@@ -145,12 +145,15 @@ def _vision_suffix(net: Any, start: int) -> Any:
     return Suffix()
 
 
-@functools.lru_cache(maxsize=8)
 def _cached_split(split: str, seed: int, start: int) -> Any:
     """Frozen-bottom outputs of one data set (validation/test: the same for every seed)."""
+    return _frozen_outputs(split, seed if split == "train" else 0, start)  # one entry per set
+
+
+@functools.lru_cache(maxsize=8)
+def _frozen_outputs(split: str, data_seed: int, start: int) -> Any:
     from finetune_helpers import data, features, recipe, zoo
 
-    data_seed = seed if split == "train" else 0
     images = vision_data(data_seed)[split]
     net = zoo.load_model("efficientnet_lite0", num_classes=10)
     recipe.batchnorm_inference(net)
@@ -411,12 +414,16 @@ def text_model(task: str, seed: int) -> Any:
     return MeanPoolClassifier(zoo.load_model(t.model), t.num_classes, seed=seed)
 
 
-@functools.lru_cache(maxsize=8)
 def _pooled_split(task: str, split: str, seed: int) -> Any:
     """Mean-pooled vectors of the frozen encoder (inference mode) for one data set."""
+    return _pooled(task, split, seed if split == "train" else 0)  # one cache entry per set
+
+
+@functools.lru_cache(maxsize=8)
+def _pooled(task: str, split: str, data_seed: int) -> Any:
     from finetune_helpers import data, features
 
-    texts = text_data(task, seed if split == "train" else 0)[split]
+    texts = text_data(task, data_seed)[split]
     model = text_model(task, 0)
     loader = data.make_loader(texts, 64, collate_fn=data.TextCollate(
         _tokenizer(TEXT_TASKS[task].model), TEXT.max_length))
