@@ -60,6 +60,9 @@ SEEDS = (0, 1, 2)
 #: Training losses of a run's first steps kept in its record: the drift test re-runs a slow
 #: run for these steps only (tests/test_grids.py), a fraction of its first epoch's cost.
 FIRST_STEPS = 4
+#: The drift test re-runs a record faster than this (``wall_s``) whole, a slower one for its first
+#: steps; ``scripts/backfill_first_losses.py`` gives first losses to the slower ones only.
+WHOLE_RUN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,6 @@ from finetune_helpers import experiments, fingerprint, grids, results, runtime
 from finetune_helpers.experiments import RunSpec
 
 
-#: As tests/test_grids.py: runs recorded faster than this are re-run whole by the drift test.
-WHOLE_RUN_SECONDS = 30.0
-
-
 def _strip(epochs: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
 
@@ -46,7 +42,7 @@ def backfill(grid_name: str, machine: str) -> int:
         if any(r.get("first_losses") for r in runs):
             continue
         record = min(runs, key=lambda r: r["wall_s"])
-        if record["wall_s"] < WHOLE_RUN_SECONDS or strategy in results.BASELINES:
+        if record["wall_s"] < grids.WHOLE_RUN_SECONDS or strategy in results.BASELINES:
             continue  # the drift test re-runs it whole; a baseline trains no network
         if record["fingerprint"] != machine:
             print(f"{record['key']}: recorded on arithmetic {record['fingerprint']}, this machine "

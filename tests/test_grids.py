@@ -21,8 +21,6 @@ from finetune_helpers.experiments import RunSpec
 
 pytestmark = pytest.mark.slow
 
-#: Runs recorded faster than this are re-run whole; slower ones for their first steps.
-WHOLE_RUN_SECONDS = 30.0
 #: Recorded first losses a slow run is re-run for. The first loss checks the data order, the
 #: seeding, the model and the loss; the second, the first update (which parameters train, at
 #: what rate, with which optimizer). Records keep grids.FIRST_STEPS = 4; the last two add little
@@ -32,7 +30,7 @@ DRIFT_STEPS = 2
 
 def _cost(record: dict) -> tuple[bool, float]:
     """Sort key: records that need a whole first epoch re-run last, else the fastest first."""
-    first_epoch = record["wall_s"] >= WHOLE_RUN_SECONDS and not record.get("first_losses")
+    first_epoch = record["wall_s"] >= grids.WHOLE_RUN_SECONDS and not record.get("first_losses")
     return (first_epoch, record["wall_s"])
 
 
@@ -74,7 +72,7 @@ def test_a_recorded_run_reproduces(grid_name, key, machine_fingerprint):
     from finetune_helpers.runtime import seed_everything
 
     seed_everything(spec.seed)  # as run_grid does before every run
-    if record["wall_s"] < WHOLE_RUN_SECONDS:
+    if record["wall_s"] < grids.WHOLE_RUN_SECONDS:
         result = train(spec)
         assert _strip(result["val"]) == _strip(record["val"])
         assert result["best_epoch"] == record["best_epoch"]
