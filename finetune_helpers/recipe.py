@@ -60,3 +60,26 @@ def batchnorm_inference(model: nn.Layer) -> int:
     for bn in norms:
         bn._use_global_stats = True
     return len(norms)
+
+
+def precise_batchnorm(model: nn.Layer, loader: Iterable) -> int:
+    """Precise BatchNorm (Wu & Johnson, 2021): set every BatchNorm layer's running statistics to
+    those of the whole of ``loader``'s images, in one pass; returns how many layers were set.
+
+    For a network trained from scratch on few steps, whose running averages still hold mostly
+    their initial values (Paddle: ``running = momentum * running + (1 - momentum) * batch``).
+    With ``momentum = 0`` one train-mode pass over all images at once makes the running
+    statistics exactly that batch's. The model is left in eval mode, momentum restored.
+    """
+    images = paddle.concat([x for x, _ in loader])
+    norms = [m for m in model.sublayers(include_self=True) if is_batch_norm(m)]
+    saved = [bn._momentum for bn in norms]
+    for bn in norms:
+        bn._momentum = 0.0  # running = 0 * running + 1 * (this batch)
+    model.train()
+    with paddle.no_grad():
+        model(images)
+    for bn, momentum in zip(norms, saved):
+        bn._momentum = momentum
+    model.eval()
+    return len(norms)

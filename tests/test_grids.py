@@ -109,3 +109,16 @@ def test_a_few_steps_reproduce_the_first_steps_of_a_whole_run(monkeypatch):
     assert whole["steps"] == 6 and few["steps"] == grids.FIRST_STEPS
     assert len(whole["first_losses"]) == grids.FIRST_STEPS
     assert few["first_losses"] == whole["first_losses"]
+
+
+def test_the_pretraining_grid_pairs_each_seed_and_refuses_unknown_names():
+    grid = grids.registry()["pretraining"]
+    keys = {r.key for r in grid.runs}
+    for kind, seeds in grids.PRETRAINING_SEEDS.items():
+        for seed in seeds:
+            assert {f"{kind}/pretrained/seed={seed}", f"{kind}/scratch/seed={seed}"} <= keys
+    assert len(keys) == 2 * sum(map(len, grids.PRETRAINING_SEEDS.values()))
+    with pytest.raises(ValueError, match="unknown pretraining strategy 'frozen'.*pretrained, scratch"):
+        grids.train_pretraining(RunSpec.make("pretraining", "vision", "frozen", 0))
+    with pytest.raises(ValueError, match="unknown pretraining task 'audio'.*vision, text"):
+        grids.train_pretraining(RunSpec.make("pretraining", "audio", "scratch", 0))

@@ -46,3 +46,17 @@ def test_batchnorm_inference_keeps_the_running_statistics_in_train_mode():
     model.train()
     model(paddle.ones([4, 3, 8, 8]) * 5)
     np.testing.assert_array_equal(bn._mean.numpy(), mean)
+
+
+def test_precise_batchnorm_sets_the_statistics_of_all_images_and_restores_momentum():
+    model = small_cnn()
+    bn = model[1]
+    momentum = bn._momentum
+    paddle.seed(1)
+    batches = [(paddle.randn([4, 3, 8, 8]) * 3 + 2, paddle.zeros([4], "int64")) for _ in range(3)]
+    assert recipe.precise_batchnorm(model, batches) == 1
+    with paddle.no_grad():
+        conv = model[0](paddle.concat([x for x, _ in batches])).numpy()
+    np.testing.assert_allclose(bn._mean.numpy(), conv.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(bn._mean.numpy(), 0)  # not the initial statistics any more
+    assert bn._momentum == momentum and not model.training
