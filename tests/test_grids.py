@@ -1,6 +1,6 @@
 """Stored results cannot drift from the code: recorded runs are re-run and must match.
 
-For every grid with records, each strategy's cheapest recorded run is re-run. A run that took
+For every grid with records, each task's and strategy's cheapest recorded run is re-run. A run that took
 under 30 seconds is re-run whole (its validation curve and test metrics must equal the record).
 A longer one is re-run for its first :data:`DRIFT_STEPS` training steps when its record
 keeps their losses (``first_losses``: records made since that field exists, and older ones given
@@ -37,13 +37,17 @@ def _cost(record: dict) -> tuple[bool, float]:
 def _cases() -> list:
     cases = []
     for name in grids.registry():
-        cheapest: dict[str, dict] = {}
+        # Per task and strategy: a grid of several tasks (pretraining: vision and text) runs
+        # different code for each.
+        cheapest: dict[tuple[str, str], dict] = {}
         for record in experiments.load(experiments.results_path(name)):
-            best = cheapest.get(record["strategy"])
+            what = (record["task"], record["strategy"])
+            best = cheapest.get(what)
             if best is None or _cost(record) < _cost(best):
-                cheapest[record["strategy"]] = record
-        cases += [pytest.param(name, r["key"], id=f"{name}:{s}")
-                  for s, r in sorted(cheapest.items())]
+                cheapest[what] = record
+        cases += [pytest.param(name, r["key"],
+                               id=f"{name}:{s}" if task == name else f"{name}:{task}/{s}")
+                  for (task, s), r in sorted(cheapest.items())]
     return cases or [pytest.param(None, None, id="no-records")]
 
 
