@@ -122,6 +122,10 @@ def test_the_pretraining_grid_pairs_each_seed_and_refuses_unknown_names():
         for seed in seeds:
             assert {f"{kind}/pretrained/seed={seed}", f"{kind}/scratch/seed={seed}"} <= keys
     assert len(keys) == 2 * sum(map(len, grids.PRETRAINING_SEEDS.values()))
+    from finetune_helpers import tasks
+
+    # Written out (3e-3, not 10 * 3e-4 = 0.0030000000000000005) but tied to the fine-tuning rate.
+    assert grids.SCRATCH_LR["vision"] == pytest.approx(10 * tasks.VISION.lr)
     with pytest.raises(ValueError, match="unknown pretraining strategy 'frozen'.*pretrained, scratch"):
         grids.train_pretraining(RunSpec.make("pretraining", "vision", "frozen", 0))
     with pytest.raises(ValueError, match="unknown pretraining task 'audio'.*vision, text"):
