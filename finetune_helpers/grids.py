@@ -844,7 +844,8 @@ def _teaching_task(kind: str, seed: int) -> Any:
     from finetune_helpers import tasks
 
     if kind not in PRETRAINING_SEEDS:
-        raise ValueError(f"unknown pretraining task {kind!r}; known: {', '.join(PRETRAINING_SEEDS)}")
+        raise ValueError(f"unknown pretraining task {kind!r}; known: "
+                         f"{', '.join(PRETRAINING_SEEDS)}")
     return dataclasses.replace(tasks.VISION if kind == "vision" else tasks.TEXT, seed=seed)
 
 

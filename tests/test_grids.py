@@ -1,8 +1,8 @@
 """Stored results cannot drift from the code: recorded runs are re-run and must match.
 
-For every grid with records, each task's and strategy's cheapest recorded run is re-run. A run that took
-under 30 seconds is re-run whole (its validation curve and test metrics must equal the record).
-A longer one is re-run for its first :data:`DRIFT_STEPS` training steps when its record
+For every grid with records, each task's and strategy's cheapest recorded run is re-run. A run
+that took under 30 seconds is re-run whole (its validation curve and test metrics must equal the
+record). A longer one is re-run for its first :data:`DRIFT_STEPS` training steps when its record
 keeps their losses (``first_losses``: records made since that field exists, and older ones given
 them by ``scripts/backfill_first_losses.py`` from a verified re-run), else for its first epoch:
 the losses, or the first epoch's validation accuracy and loss, must equal the record's. Either
@@ -126,7 +126,8 @@ def test_the_pretraining_grid_pairs_each_seed_and_refuses_unknown_names():
 
     # Written out (3e-3, not 10 * 3e-4 = 0.0030000000000000005) but tied to the fine-tuning rate.
     assert grids.SCRATCH_LR["vision"] == pytest.approx(10 * tasks.VISION.lr)
-    with pytest.raises(ValueError, match="unknown pretraining strategy 'frozen'.*pretrained, scratch"):
+    with pytest.raises(ValueError,
+                       match="unknown pretraining strategy 'frozen'.*pretrained, scratch"):
         grids.train_pretraining(RunSpec.make("pretraining", "vision", "frozen", 0))
     with pytest.raises(ValueError, match="unknown pretraining task 'audio'.*vision, text"):
         grids.train_pretraining(RunSpec.make("pretraining", "audio", "scratch", 0))
