@@ -434,12 +434,24 @@ def _pooled(task: str, split: str, data_seed: int) -> Any:
     return features.FeatureDataset(feats, labels)
 
 
+#: W_q and W_v under the names of PaddleNLP's encoders: ``q_proj``/``v_proj`` (BERT-style
+#: MiniLM) and ``attention.self.query``/``value`` (XLM-RoBERTa, multilingual-e5).
+TEXT_LORA_TARGETS = (r".*\.q_proj", r".*\.v_proj", r".*\.self\.query", r".*\.self\.value")
+
+
 def _lora(model: Any) -> Any:
     from paddlenlp.peft import LoRAConfig, LoRAModel
 
-    config = LoRAConfig(target_modules=[r".*\.q_proj", r".*\.v_proj"], r=8, lora_alpha=16,
+    config = LoRAConfig(target_modules=list(TEXT_LORA_TARGETS), r=8, lora_alpha=16,
                         trainable_modules=[r"classifier\..*"], tensor_parallel_degree=1)
-    return LoRAModel(model, config)
+    wrapped = LoRAModel(model, config)
+    # LoRAModel silently adapts nothing when no layer name matches; the run would then be
+    # head-only training under LoRA's name (it happened: text_zh's first LoRA runs).
+    if not any(hasattr(layer, "lora_A") for layer in model.sublayers()):
+        raise ValueError(f"LoRA matched no layer of {type(model).__name__}: none of its "
+                         f"sublayer names matches {TEXT_LORA_TARGETS}; add the names of its "
+                         "query and value projections to grids.TEXT_LORA_TARGETS")
+    return wrapped
 
 
 def train_text(spec: RunSpec, max_epochs: int | None = None,

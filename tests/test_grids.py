@@ -131,3 +131,30 @@ def test_the_pretraining_grid_pairs_each_seed_and_refuses_unknown_names():
         grids.train_pretraining(RunSpec.make("pretraining", "vision", "frozen", 0))
     with pytest.raises(ValueError, match="unknown pretraining task 'audio'.*vision, text"):
         grids.train_pretraining(RunSpec.make("pretraining", "audio", "scratch", 0))
+
+
+@pytest.mark.parametrize("task", [name for name, t in grids.TEXT_TASKS.items()
+                                  if "lora" in (t.strategies or grids.TEXT_STRATEGIES)])
+def test_lora_adapts_w_q_and_w_v_of_every_layer_of_each_text_model(task):
+    from paddlenlp.peft.lora import LoRALinear
+
+    net = grids.text_model(task, 0)
+    # One self-attention block per encoder layer (MiniLM's and XLM-R's names).
+    n_layers = sum(1 for name, _ in net.named_sublayers()
+                   if name.endswith(("self_attn", "attention.self")))
+    assert n_layers in (6, 12)  # MiniLM-L6, multilingual-e5-small
+    grids._lora(net)
+    adapted = [layer for layer in net.sublayers() if isinstance(layer, LoRALinear)]
+    assert len(adapted) == 2 * n_layers  # W_q and W_v in every layer
+    trainable = {name for name, p in net.named_parameters() if not p.stop_gradient}
+    head = {name for name, _ in net.named_parameters() if ".classifier." in f".{name}"}
+    assert head and head <= trainable
+    assert {n for n in trainable - head} == {n for n in trainable if ".lora_" in n}
+    assert len(trainable - head) == 2 * len(adapted)  # A and B of each adapted matrix
+
+
+def test_lora_refuses_a_model_whose_projections_it_cannot_find(monkeypatch):
+    # What happened to text_zh's first LoRA runs: the names did not match, nothing was adapted.
+    monkeypatch.setattr(grids, "TEXT_LORA_TARGETS", (r".*\.q_proj", r".*\.v_proj"))
+    with pytest.raises(ValueError, match="LoRA matched no layer of .*TEXT_LORA_TARGETS"):
+        grids._lora(grids.text_model("text_zh", 0))
