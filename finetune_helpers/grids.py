@@ -439,19 +439,30 @@ def _pooled(task: str, split: str, data_seed: int) -> Any:
 TEXT_LORA_TARGETS = (r".*\.q_proj", r".*\.v_proj", r".*\.self\.query", r".*\.self\.value")
 
 
-def _lora(model: Any) -> Any:
+def lora_model(model: Any, targets: tuple[str, ...], targets_name: str,
+               trainable_modules: list[str] | None = None) -> Any:
+    """Wrap ``model`` in PaddleNLP's ``LoRAModel`` (r = 8, alpha = 16) on the layers whose names
+    match ``targets``; raise if it adapted none.
+
+    ``LoRAModel`` silently adapts nothing when no layer name matches; the run would then train
+    only ``trainable_modules`` under LoRA's name (it happened: text_zh's first LoRA runs).
+    ``targets_name`` names the constant of this module that holds ``targets``, for the error."""
     from paddlenlp.peft import LoRAConfig, LoRAModel
 
-    config = LoRAConfig(target_modules=list(TEXT_LORA_TARGETS), r=8, lora_alpha=16,
-                        trainable_modules=[r"classifier\..*"], tensor_parallel_degree=1)
+    config = LoRAConfig(target_modules=list(targets), r=8, lora_alpha=16,
+                        trainable_modules=trainable_modules, tensor_parallel_degree=1)
     wrapped = LoRAModel(model, config)
-    # LoRAModel silently adapts nothing when no layer name matches; the run would then be
-    # head-only training under LoRA's name (it happened: text_zh's first LoRA runs).
     if not any(hasattr(layer, "lora_A") for layer in model.sublayers()):
         raise ValueError(f"LoRA matched no layer of {type(model).__name__}: none of its "
-                         f"sublayer names matches {TEXT_LORA_TARGETS}; add the names of its "
-                         "query and value projections to grids.TEXT_LORA_TARGETS")
+                         f"sublayer names matches {targets}; add the names of the projections "
+                         f"to adapt to grids.{targets_name}")
     return wrapped
+
+
+def _lora(model: Any) -> Any:
+    """LoRA on W_q and W_v of a text model; the adapters and the classifier train."""
+    return lora_model(model, TEXT_LORA_TARGETS, "TEXT_LORA_TARGETS",
+                      trainable_modules=[r"classifier\..*"])
 
 
 def train_text(spec: RunSpec, max_epochs: int | None = None,
@@ -731,7 +742,6 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
     Strategy ``pretrained`` is the baseline: the model as it comes, evaluated on the same
     validation and test poems without a training step (deterministic: one run, seed 0)."""
     import paddle
-    from paddlenlp.peft import LoRAConfig, LoRAModel
 
     from finetune_helpers import callbacks, data, quant, strategies, train
 
@@ -748,9 +758,8 @@ def train_poems(spec: RunSpec, max_epochs: int | None = None,
         strategies.freeze_bottom(model, int(hp["k"]) + 1)  # block 0 is the embedding
     elif spec.strategy in ("lora", "qlora"):
         paddle.seed(spec.seed)  # the adapters' A matrices
-        config = LoRAConfig(target_modules=list(LM_LORA_TARGETS), r=8, lora_alpha=16,
-                            tensor_parallel_degree=1)
-        net = LoRAModel(model, config)  # freezes everything but the adapters
+        # freezes everything but the adapters
+        net = lora_model(model, LM_LORA_TARGETS, "LM_LORA_TARGETS")
         if spec.strategy == "qlora":
             report = quant.quantize_model(net, list(LM_LORA_TARGETS))
             extra["base_projection_mib"] = {"float32": round(report.bytes_before / 2**20, 1),
@@ -977,14 +986,16 @@ def _memory_child(task: str, strategy: str) -> dict[str, Any]:
             "trainable_params": result.get("trainable_params")}
 
 
-def measure_memory(path: Any = None) -> dict[str, Any]:
+def measure_memory(path: Any = None, only: tuple[str, ...] = ()) -> dict[str, Any]:
     """Memory each strategy's training loop adds (MiB), each measured in a fresh process.
 
     Within one process the allocator reuses what earlier runs freed, so a run's own peak
     cannot be read there (the grids' records show ~0 MiB after the first run). Each child
     trains ``STEPS_FOR_MEMORY`` steps without the frozen-feature cache (so freezing's saving
     is its own, not the cache's) and reports its peak RSS minus its RSS when training began.
-    The results go to ``book/results/memory.json`` (written atomically).
+    The results go to ``book/results/memory.json`` (written atomically). ``only`` names
+    ``task/strategy`` entries to measure again, keeping the file's others (after a fix to one
+    strategy, say); the file's provenance then describes the latest measurement.
     """
     import json
     import os
@@ -995,18 +1006,31 @@ def measure_memory(path: Any = None) -> dict[str, Any]:
     from finetune_helpers import experiments
 
     path = Path(path or experiments.RESULTS_DIR / "memory.json")
-    out: dict[str, Any] = {"steps": STEPS_FOR_MEMORY, "tasks": {}}
-    for task in registry():
-        strategies = [s.strategy for s in registry()[task].sweeps
-                      if s.strategy in MEMORY_STRATEGIES]
-        for strategy in strategies:
-            proc = subprocess.run([sys.executable, "-m", "finetune_helpers.grids", "_memory",
-                                   task, strategy], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory of {task}/{strategy} failed:\n{proc.stderr[-2000:]}")
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            out["tasks"].setdefault(task, {})[strategy] = result
-            print(f"{task}/{strategy}: {result['train_memory_mib']:.0f} MiB", flush=True)
+    # The classification grids only: _memory_child shrinks the vision and text regimes.
+    plan = list(dict.fromkeys((task, s.strategy) for task, grid in registry().items()
+                              if task == "vision" or task in TEXT_TASKS
+                              for s in grid.sweeps if s.strategy in MEMORY_STRATEGIES))
+    if only:
+        unknown = sorted(set(only) - {f"{task}/{strategy}" for task, strategy in plan})
+        if unknown:
+            raise ValueError(f"no memory entry named {', '.join(unknown)}; known: "
+                             f"{', '.join(f'{t}/{s}' for t, s in plan)}")
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist yet, so there is nothing to update: "
+                                    "measure every strategy first with "
+                                    "python -m finetune_helpers.grids memory")
+        out: dict[str, Any] = json.loads(path.read_text())
+        plan = [(task, strategy) for task, strategy in plan if f"{task}/{strategy}" in only]
+    else:
+        out = {"steps": STEPS_FOR_MEMORY, "tasks": {}}
+    for task, strategy in plan:
+        proc = subprocess.run([sys.executable, "-m", "finetune_helpers.grids", "_memory",
+                               task, strategy], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory of {task}/{strategy} failed:\n{proc.stderr[-2000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["tasks"].setdefault(task, {})[strategy] = result
+        print(f"{task}/{strategy}: {result['train_memory_mib']:.0f} MiB", flush=True)
     out.update(experiments.provenance())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
@@ -1015,7 +1039,8 @@ def measure_memory(path: Any = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m finetune_helpers.grids memory``: measure every strategy's memory."""
+    """``python -m finetune_helpers.grids memory [task/strategy ...]``: measure every
+    strategy's memory, or only the named ones."""
     import json
     import sys
 
@@ -1026,11 +1051,11 @@ def main(argv: list[str] | None = None) -> int:
         runtime.setup(seed=0, verbose=False)
         print(json.dumps(_memory_child(args[1], args[2])))
         return 0
-    if args == ["memory"]:
+    if args[:1] == ["memory"]:
         runtime.setup(seed=0, verbose=True)
-        measure_memory()
+        measure_memory(only=tuple(args[1:]))
         return 0
-    print("usage: python -m finetune_helpers.grids memory", file=sys.stderr)
+    print("usage: python -m finetune_helpers.grids memory [task/strategy ...]", file=sys.stderr)
     return 2
 
 

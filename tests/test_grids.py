@@ -158,3 +158,34 @@ def test_lora_refuses_a_model_whose_projections_it_cannot_find(monkeypatch):
     monkeypatch.setattr(grids, "TEXT_LORA_TARGETS", (r".*\.q_proj", r".*\.v_proj"))
     with pytest.raises(ValueError, match="LoRA matched no layer of .*TEXT_LORA_TARGETS"):
         grids._lora(grids.text_model("text_zh", 0))
+
+
+def test_poem_lora_adapts_all_seven_projections_of_every_smollm2_layer():
+    from paddlenlp.peft.lora import LoRALinear
+
+    from finetune_helpers.zoo import smollm2
+
+    model = smollm2.load_smollm2()
+    net = grids.lora_model(model, grids.LM_LORA_TARGETS, "LM_LORA_TARGETS")
+    adapted = [layer for layer in model.sublayers() if isinstance(layer, LoRALinear)]
+    assert len(adapted) == 7 * model.config.num_hidden_layers  # q, k, v, o, gate, up, down
+    trainable = {name: p for name, p in net.named_parameters() if not p.stop_gradient}
+    assert trainable and all(".lora_" in name for name in trainable)
+    # 2,442,240: the trainable count the poems_smollm2 records report for LoRA.
+    assert sum(int(p.numel()) for p in trainable.values()) == 2_442_240
+
+
+def test_poem_lora_refuses_a_model_whose_projections_it_cannot_find():
+    from finetune_helpers.zoo import smollm2
+
+    with pytest.raises(ValueError, match="LoRA matched no layer of .*grids.LM_LORA_TARGETS"):
+        grids.lora_model(smollm2.load_smollm2(), (r".*\.query",), "LM_LORA_TARGETS")
+
+
+def test_memory_update_names_unknown_entries_and_needs_a_file_to_update(tmp_path):
+    with pytest.raises(ValueError,
+                       match="no memory entry named text_zh/bitfit; known: .*text/bitfit"):
+        grids.measure_memory(tmp_path / "memory.json", only=("text_zh/bitfit",))
+    with pytest.raises(FileNotFoundError, match="nothing to update.*grids memory"):
+        grids.measure_memory(tmp_path / "memory.json", only=("text_zh/lora",))
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -187,3 +187,23 @@ def test_a_deterministic_baseline_stands_for_every_seed(tmp_path):
         "baseline: the pretrained model, not fine-tuned (基线：未微调的预训练模型)"]
     assert row["test perplexity"] == "30.0 (deterministic)"
     assert row["chosen lr (C)"] == "—" and row["epochs"] == "—"
+
+
+def test_stored_memory_was_measured_on_the_strategies_the_records_report():
+    # The book's memory.json against its grid records: a memory entry measured on a different
+    # model (text_zh's LoRA once adapted nothing and trained the head's 770 parameters) would
+    # put a wrong number in every table. Fix: python -m finetune_helpers.grids memory task/strategy
+    import json
+
+    memory = json.loads((experiments.RESULTS_DIR / "memory.json").read_text())
+    checked = 0
+    for task, by_strategy in memory["tasks"].items():
+        reported = {row.strategy: row.trainable_params for row in results.rows(task)}
+        for strategy, entry in by_strategy.items():
+            if reported.get(strategy):
+                assert entry["trainable_params"] == reported[strategy], (
+                    f"memory.json's {task}/{strategy} trained {entry['trainable_params']:,} "
+                    f"parameters, the records {reported[strategy]:,}: measure it again with "
+                    f"python -m finetune_helpers.grids memory {task}/{strategy}")
+                checked += 1
+    assert checked >= 15  # vision 4, text 6, text_zh 5
